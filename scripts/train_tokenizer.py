@@ -1,0 +1,67 @@
+"""Train an image tokenizer.
+
+    accelerate launch scripts/train_tokenizer.py                       # default preset on synthetic scenes
+    accelerate launch scripts/train_tokenizer.py --data photos --output-dir runs/photos
+    accelerate launch scripts/train_tokenizer.py --config my_run.yaml --steps 500
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_tokenizer.py   # 2 CPU procs
+
+A run killed mid-way continues from its last checkpoint with the same command plus ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from tokenizers_vis import TrainConfig, list_tokenizers, train_tokenizer
+from tokenizers_vis.quantizers import QUANTIZERS
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON or YAML file with TrainConfig fields; flags override it")
+    p.add_argument("--preset", choices=list_tokenizers(), help=f"model preset (default {defaults.preset})")
+    p.add_argument("--quantizer", choices=QUANTIZERS, help="override the preset's quantizer")
+    p.add_argument("--codebook-size", type=int)
+    p.add_argument("--data", help="scenes | photos | folder of images | .tar shards (path or glob)")
+    for name in (
+        "resolution",
+        "steps",
+        "batch_size",
+        "train_samples",
+        "eval_samples",
+        "save_every",
+        "seed",
+        "warmup_steps",
+        "gan_start",
+        "num_workers",
+    ):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    for name in ("lr", "gan_weight", "lpips_weight", "weight_decay"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"))
+    p.add_argument("--output-dir")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    args = vars(p.parse_args(argv))
+
+    overrides = {k: v for k, v in args.items() if v is not None and k not in ("config", "quantizer", "codebook_size")}
+    cfg = TrainConfig.from_file(args["config"], **overrides) if args["config"] else TrainConfig(**overrides)
+    model_overrides = dict(cfg.model_overrides)
+    if args["quantizer"]:
+        model_overrides["quantizer_type"] = args["quantizer"]
+    if args["codebook_size"]:
+        model_overrides["codebook_size"] = args["codebook_size"]
+    return dataclasses.replace(cfg, model_overrides=model_overrides)
+
+
+def main() -> None:
+    metrics = train_tokenizer(parse_args())
+    if metrics:
+        keys = ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "wall_seconds")
+        print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Datasets: captioned synthetic scenes, bundled real-photo patches, and user image folders / shards."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .folders import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    WebDatasetShards,
+    decode_image,
+    in_holdout,
+    resolve_shards,
+    to_rgb,
+)
+from .photos import PHOTO_FILES, PHOTO_SPLITS, PhotoPatches, load_photo
+from .scenes import (
+    COLORS,
+    HELDOUT_PAIRS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SyntheticScenes,
+    make_caption,
+    render_scene,
+    sample_scene,
+    scene_labels,
+    uint8_to_tensor,
+)
+
+__all__ = [
+    "COLORS",
+    "HELDOUT_PAIRS",
+    "IMAGE_EXTENSIONS",
+    "PHOTO_FILES",
+    "PHOTO_SPLITS",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "ImageFolderDataset",
+    "PhotoPatches",
+    "SyntheticScenes",
+    "WebDatasetShards",
+    "build_dataset",
+    "collate_images",
+    "decode_image",
+    "in_holdout",
+    "load_photo",
+    "make_caption",
+    "render_scene",
+    "resolve_shards",
+    "sample_scene",
+    "scene_labels",
+    "to_rgb",
+    "uint8_to_tensor",
+]
+
+
+def build_dataset(
+    source: str,
+    split: str = "train",
+    resolution: int = 64,
+    num_samples: int | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> Dataset:
+    """Dataset for ``source``: "scenes", "photos", an image directory, or .tar shards (path, glob or a
+    directory holding ``*.tar`` at its top level).
+
+    ``num_samples`` (default 10000) and ``seed`` apply to the generated sources only; folders and shards
+    have the size of their data and a fixed order. For those, ``split`` "heldout" is a deterministic 5 %
+    of the files/samples (hash of the relative path / sample key) and "train" the rest. Extra keyword
+    arguments go to the dataset class.
+    """
+    if source == "scenes":
+        return SyntheticScenes(10000 if num_samples is None else num_samples, resolution, split, seed, **kwargs)
+    if source == "photos":
+        return PhotoPatches(10000 if num_samples is None else num_samples, resolution, split, seed, **kwargs)
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r} for folders and shards; expected 'train' or 'heldout'")
+    if os.path.isdir(source) and not glob.glob(os.path.join(glob.escape(source), "*.tar")):
+        return ImageFolderDataset(source, resolution, split=split, **kwargs)
+    if os.path.isdir(source) or source.endswith(".tar") or any(c in source for c in "*?["):
+        return WebDatasetShards(source, resolution, split=split, **kwargs)
+    raise ValueError(
+        f"unknown dataset source {source!r}; expected 'scenes', 'photos', an existing directory of images, "
+        "or a path / glob pattern of .tar shards"
+    )
+
+
+def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader ``collate_fn``: tensors are stacked (``image`` -> (B, 3, H, W), ``labels`` ->
+    (B, max_objects, 4)), ints become a (B,) tensor, everything else (captions, paths) stays a list."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out

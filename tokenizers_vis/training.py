@@ -1,0 +1,301 @@
+"""Accelerate training loop for tokenizers: one process, several CPU processes, or many GPUs.
+
+Small, finite datasets (the synthetic scenes, photo patches, small folders) are rendered once into
+an in-memory pool and batches are drawn from it with a generator seeded by (seed, step, rank): data
+loading then costs nothing per step, and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from .data import build_dataset, collate_images
+from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
+from .metrics import evaluate_tokenizer
+from .registry import DEFAULT_PRESET, create_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    """Everything a tokenizer run needs; serialised to ``train_config.json`` in the output dir."""
+
+    preset: str = DEFAULT_PRESET
+    model_overrides: dict = field(default_factory=dict)
+    data: str = "scenes"  # scenes | photos | a folder of images | .tar shards
+    resolution: int = 64
+    train_samples: int = 20000  # size of the in-memory pool for finite sources
+    eval_samples: int = 512
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    gan_weight: float = 0.0  # PatchGAN hinge loss, 0 disables it
+    gan_start: int = 2000
+    lpips_weight: float = 0.0  # needs pretrained LPIPS weights, refused clearly offline
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    output_dir: str = "runs/tokenizer"
+    save_every: int = 500
+    log_every: int = 20
+    seed: int = 0
+    resume: bool = False
+    num_workers: int = 2
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Reads a JSON or YAML config; keys must be field names."""
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
+        return cls(**{**values, **overrides})
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX / AVX512-BF16)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def materialize(dataset: Dataset, num_workers: int, desc: str, limit: int | None = None) -> torch.Tensor:
+    """Renders the first ``limit`` samples (all if None) of a dataset into one (N, 3, H, W) float tensor."""
+    if limit is not None and not isinstance(dataset, IterableDataset) and len(dataset) > limit:
+        dataset = Subset(dataset, range(limit))
+    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=collate_images)
+    chunks, count = [], 0
+    for batch in tqdm(loader, desc=desc, leave=False):
+        chunks.append(batch["image"])
+        count += len(batch["image"])
+        if limit is not None and count >= limit:
+            break
+    return torch.cat(chunks)[:limit]
+
+
+class BatchSource:
+    """Batches for step ``s``: random draws from an in-memory pool (stateless, exact on resume), or
+    a streaming DataLoader for large folders and shards (re-shuffled on resume)."""
+
+    def __init__(self, dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator) -> None:
+        self.cfg, self.rank = cfg, accelerator.process_index
+        self.pool, self.skipped = None, 0
+        if not isinstance(dataset, IterableDataset) and len(dataset) <= cfg.train_samples:
+            if hasattr(dataset, "scan"):  # user folders: drop and count unreadable files up front
+                self.skipped = len(dataset.scan()[1])
+            self.pool = materialize(dataset, cfg.num_workers, "rendering training pool")
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                shuffle=not isinstance(dataset, IterableDataset),
+                num_workers=cfg.num_workers,
+                collate_fn=collate_images,
+                drop_last=True,
+            )
+            self.loader = accelerator.prepare_data_loader(loader)
+            self.iterator = iter(self.loader)
+
+    def batch(self, step: int) -> torch.Tensor:
+        if self.pool is not None:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 10**9 + step * 1000 + self.rank)
+            return self.pool[torch.randint(len(self.pool), (self.cfg.batch_size,), generator=gen)]
+        try:
+            return next(self.iterator)["image"]
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)["image"]
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` at the last step."""
+
+    def fn(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return fn
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted(output_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
+    """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
+    root = output_dir / "checkpoints"
+    tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_model_atomically(model, path: Path) -> None:
+    tmp = path.with_name(f".tmp_{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def save_reconstruction_grid(model, images: torch.Tensor, path: Path, rows: int = 8) -> None:
+    """Alternating rows of originals and reconstructions."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        x = images[: rows * 8].to(device)
+        recon = model.decode(model.encode(x)).clamp(-1, 1)
+    pairs = torch.stack([x.reshape(-1, 8, *x.shape[1:]), recon.reshape(-1, 8, *x.shape[1:])], 1)
+    save_image(pairs.reshape(-1, *x.shape[1:]).cpu() * 0.5 + 0.5, path, nrow=8, padding=1)
+
+
+def param_checksum(model: torch.nn.Module) -> float:
+    """Sum of all parameters and buffers in float64: equal across ranks iff they stayed in sync."""
+    return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
+
+
+def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
+    """Trains ``model`` (default: ``create_tokenizer(cfg.preset, **cfg.model_overrides)``) and writes
+    model/, checkpoints/, metrics.json, reconstructions.png and TensorBoard logs under ``cfg.output_dir``.
+    Returns the metrics dict."""
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        log_with="tensorboard",
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    model = model if model is not None else create_tokenizer(cfg.preset, **cfg.model_overrides)
+    model = model.to(memory_format=torch.channels_last)
+    params = sum(p.numel() for p in model.parameters())
+
+    train_set = build_dataset(cfg.data, "train", cfg.resolution, cfg.train_samples, cfg.seed)
+    source = BatchSource(train_set, cfg, accelerator)
+    heldout_set = build_dataset(cfg.data, "heldout", cfg.resolution, cfg.eval_samples, cfg.seed)
+    heldout = materialize(heldout_set, 0, "rendering held-out set", limit=cfg.eval_samples)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    use_gan, use_lpips = cfg.gan_weight > 0, cfg.lpips_weight > 0
+    lpips = build_lpips().to(accelerator.device) if use_lpips else None
+    if use_gan:
+        disc = PatchDiscriminator()
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        model, opt, sched, disc, d_opt = accelerator.prepare(model, opt, sched, disc, d_opt)
+    else:
+        model, opt, sched = accelerator.prepare(model, opt, sched)
+
+    start = 0
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        start = json.loads((ckpt / "step.json").read_text())["step"]
+        accelerator.print(f"resumed from {ckpt} at step {start}")
+    accelerator.init_trackers("tokenizer", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+
+    raw = accelerator.unwrap_model(model)
+    t0 = time.time()
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="train tokenizer",
+        disable=not accelerator.is_local_main_process,
+    )
+    model.train()
+    for step in bar:
+        x = source.batch(step).to(accelerator.device).contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            recon, losses = model(x)
+            loss = losses["loss"]
+            if use_lpips:
+                loss = loss + cfg.lpips_weight * lpips(recon.float().clamp(-1, 1), x.float())
+            if use_gan and step >= cfg.gan_start:
+                g_loss = hinge_g_loss(disc(recon))
+                weight = adaptive_gan_weight(loss, g_loss, raw.decoder.last_layer)
+                loss = loss + cfg.gan_weight * weight * g_loss
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if use_gan and step >= cfg.gan_start:
+            with accelerator.autocast():
+                d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
+            d_opt.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            d_opt.step()
+
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            logs = {k: float(v.detach()) for k, v in losses.items()}
+            logs["lr"] = sched.get_last_lr()[0]
+            accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", usage=f"{logs['usage']:.2f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(accelerator, out, step + 1)
+    wall = time.time() - t0
+    save_checkpoint(accelerator, out, cfg.steps)
+
+    checksums = accelerator.gather(torch.tensor([param_checksum(raw)], device=accelerator.device)).tolist()
+    metrics: dict = {}
+    if accelerator.is_main_process:
+        metrics = evaluate_tokenizer(raw, heldout)
+        metrics.update(
+            steps=cfg.steps,
+            trained_steps_this_run=cfg.steps - start,
+            wall_seconds=round(wall, 1),
+            num_processes=accelerator.num_processes,
+            mixed_precision=accelerator.mixed_precision,
+            params=params,
+            rank_param_checksums=checksums,
+            data=cfg.data,
+            preset=cfg.preset,
+            skipped_files=source.skipped,
+        )
+        save_model_atomically(raw, out / "model")
+        save_reconstruction_grid(raw, heldout, out / "reconstructions.png")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        accelerator.log(
+            {f"eval/{k}": metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")},
+            step=cfg.steps,
+        )
+    accelerator.end_training()
+    return metrics
