@@ -15,7 +15,7 @@ class DiffusersVQTokenizer(nn.Module):
     def __init__(
         self,
         downsample_factor: int = 8,
-        block_out_channels: tuple[int, ...] = (64, 128, 128, 256),
+        block_out_channels: tuple[int, ...] = (32, 96, 128, 160),
         layers_per_block: int = 1,
         latent_channels: int = 32,
         num_vq_embeddings: int = 1024,

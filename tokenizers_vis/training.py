@@ -39,7 +39,7 @@ class TrainConfig:
     resolution: int = 64
     train_samples: int = 20000  # size of the in-memory pool for finite sources
     eval_samples: int = 512
-    steps: int = 3000
+    steps: int = 1300  # about 8 minutes on 2 CPU cores with bf16 autocast
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.02
@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     num_workers: int = 2
+    cpu_threads: int = 0  # CPU training: torch threads per process, 0 = available cores / local processes
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -80,6 +81,15 @@ def resolve_mixed_precision(choice: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def set_cpu_threads(accelerator: Accelerator, requested: int) -> None:
+    """`accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves CPU training speed
+    on two cores; give each local process its share of the cores instead (or the requested number)."""
+    if accelerator.device.type != "cpu":
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(requested or max(1, len(os.sched_getaffinity(0)) // local))
 
 
 def materialize(dataset: Dataset, num_workers: int, desc: str, limit: int | None = None) -> torch.Tensor:
@@ -199,6 +209,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         project_dir=str(out),
     )
     set_seed(cfg.seed)
+    set_cpu_threads(accelerator, cfg.cpu_threads)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -289,6 +300,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             data=cfg.data,
             preset=cfg.preset,
             skipped_files=source.skipped,
+            cpu_threads=torch.get_num_threads(),
         )
         save_model_atomically(raw, out / "model")
         save_reconstruction_grid(raw, heldout, out / "reconstructions.png")

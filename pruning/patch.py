@@ -1,0 +1,346 @@
+"""``apply_pruning``: plug a pruning method into one model instance with forward pre-hooks, undone by ``remove()``.
+
+How it works (no class or global patching; only hooks on this instance's modules):
+
+- A pre-hook on the outer multimodal model records where the visual placeholder tokens are (from ``input_ids``).
+- A pre-hook on the decoder (``language_model``) sees the merged ``inputs_embeds``, the 2D ``attention_mask`` and the
+  position ids of the *full* sequence (M-RoPE for Qwen, computed by the model before anything is removed). At prefill
+  it selects visual tokens per sample, drops the others together with any padding, re-pads on the left and gathers
+  embeddings, mask and position ids, so every kept token keeps its original position.
+- Pre-hooks on decoder layers ``layer..end`` (ToDRE, FastV) score visual tokens by the last token's attention,
+  recomputed from the check layer's Q/K, and remove the least relevant ones (and so their KV) from that layer on.
+- While decoding on the same cache, callers keep passing full-length masks and positions (as ``generate()`` does);
+  the hooks translate the mask to the shorter cache, and positions the model would infer from the cache length are
+  shifted by the number of removed tokens. For Qwen the model's ``rope_deltas`` stay those of the full sequence, and a
+  missing decode mask is replaced by a full-length one so that positions continue from the full prompt.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from transformers.masking_utils import create_causal_mask
+
+from .adapters import Adapter, adapter_for
+from .methods import PruningMethod
+from .relevance import last_token_attention
+from .selection import indices_to_mask, topk_importance
+
+
+@dataclass
+class PruneRecord:
+    """What the last prefill kept (for inspection and tests).
+
+    Attributes:
+        kept_index: ``(B, L_kept)`` column of each kept token in the original sequence, -1 for new left padding.
+        attention_mask: ``(B, L_kept)`` mask of the shortened sequence.
+        position_ids: position ids handed to the decoder for the shortened sequence (same layout as the model's).
+        visual_tokens: ``(B,)`` visual tokens per sample before pruning.
+        kept_before_llm: ``(B,)`` visual tokens per sample at the decoder input.
+        kept_in_decoder: ``(B,)`` visual tokens per sample after the in-decoder stage, or None without one.
+    """
+
+    kept_index: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    visual_tokens: torch.Tensor
+    kept_before_llm: torch.Tensor
+    kept_in_decoder: torch.Tensor | None = None
+
+
+@dataclass
+class _Session:
+    """State of one pruned prefill, valid while decoding continues on the same cache."""
+
+    cache: weakref.ref | None
+    full_len: int  # original (padded) prompt length
+    pruned_len: int  # prompt length at the decoder input (cache length of the layers before `layer`)
+    mask: torch.Tensor  # (B, pruned_len)
+    visual: torch.Tensor  # (B, pruned_len) visual-token flags of the shortened sequence
+    layer_mask: torch.Tensor | None = None  # (B, L2) prompt mask from the in-decoder layer on
+
+
+def _compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned gather plan. keep ``(B, L)`` bool -> source columns ``(B, L')`` and validity ``(B, L')``, with each
+    row's kept columns in original order, right-aligned (left padding), ``L' = max kept``."""
+    counts = keep.sum(1)
+    width = int(counts.max())
+    first = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept columns first, in order
+    col = torch.arange(width, device=keep.device)[None] - (width - counts)[:, None]
+    valid = col >= 0
+    return first.gather(1, col.clamp(min=0)), valid
+
+
+def _gather_tokens(x: torch.Tensor, src: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
+    """Gather along the token axis (the dim after ``batch_dim``), broadcasting a batch of one. src ``(B, L')``."""
+    shape = list(x.shape)
+    shape[batch_dim] = src.shape[0]
+    x = x.expand(shape)
+    index = src.view(*([1] * batch_dim), *src.shape, *([1] * (x.dim() - batch_dim - 2)))
+    index = index.expand(*shape[:batch_dim], *src.shape, *shape[batch_dim + 2 :])
+    return x.gather(batch_dim + 1, index)
+
+
+def _gather_positions(position_ids: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Position ids ``(B|1, L)`` or ``(R, B|1, L)`` (M-RoPE) gathered to ``(…, B, L')``."""
+    return _gather_tokens(position_ids, src, batch_dim=position_ids.dim() - 2)
+
+
+class PruningHandle:
+    """Returned by ``apply_pruning``; ``remove()`` detaches every hook and leaves the model exactly as it was."""
+
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, method: PruningMethod) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.method = method
+        self.layer = method.decoder_layer(len(adapter.layers)) if method.prunes_in_decoder else None
+        self.last: PruneRecord | None = None
+        self._session: _Session | None = None
+        self._visual: torch.Tensor | None = None  # visual flags of the current outer call
+        self._step: dict | None = None  # per-forward state shared by the layer hooks
+        self._hooks = []
+        model._pruning_handle = self  # marks the instance so that a second patch is refused
+        if method.active:
+            self._hooks.append(adapter.outer.register_forward_pre_hook(self._outer_hook, with_kwargs=True))
+            self._hooks.append(adapter.language_model.register_forward_pre_hook(self._decoder_hook, with_kwargs=True))
+        if self.layer is not None:
+            for idx in range(self.layer, len(adapter.layers)):
+                hook = self._make_layer_hook(idx)
+                self._hooks.append(adapter.layers[idx].register_forward_pre_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        """Detach all hooks and drop the pruning state."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._session = self._visual = self._step = None
+        if getattr(self.model, "_pruning_handle", None) is self:
+            del self.model._pruning_handle
+
+    def __enter__(self) -> PruningHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # ---- decoding continuation -------------------------------------------------------------------------------
+
+    def _continuing(self, cache) -> bool:
+        s = self._session
+        return (
+            s is not None
+            and cache is not None
+            and s.cache is not None
+            and s.cache() is cache
+            and cache.get_seq_length() > 0
+        )
+
+    def _full_past(self, cache) -> int:
+        """Tokens seen so far in the original coordinates (the cache is shorter by the removed tokens)."""
+        s = self._session
+        return cache.get_seq_length() - s.pruned_len + s.full_len
+
+    def _outer_hook(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        cache = kwargs.get("past_key_values")
+        self._visual = None
+        if self._continuing(cache):
+            if kwargs.get("attention_mask") is None:
+                # a missing mask means "no padding" in original coordinates; make that explicit so the model
+                # (Qwen: mask cumsum + rope_deltas) continues positions from the full prompt length
+                new = (input_ids if input_ids is not None else embeds).shape[:2]
+                kwargs["attention_mask"] = torch.ones(
+                    new[0], self._full_past(cache) + new[1], dtype=torch.long, device=self._session.mask.device
+                )
+        elif cache is None or cache.get_seq_length() == 0:
+            self._visual = self.adapter.visual_mask(input_ids, embeds)
+        return args, kwargs
+
+    def _decoder_hook(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        self._step = None
+        if self._continuing(cache):
+            return args, self._continue(kwargs, cache)
+        visual, self._visual = self._visual, None
+        if visual is None or not visual.any():
+            self._session = None
+            return args, kwargs
+        return args, self._prefill(kwargs, visual, cache)
+
+    def _continue(self, kwargs: dict, cache) -> dict:
+        s = self._session
+        embeds = kwargs["inputs_embeds"]
+        b, q = embeds.shape[:2]
+        full_past = self._full_past(cache)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(b, full_past + q, dtype=s.mask.dtype, device=embeds.device)
+        if mask.dim() != 2 or mask.shape[1] != full_past + q:
+            raise ValueError(
+                "after pruning, decoding steps need a 2D attention_mask over the full (unpruned) sequence "
+                f"of length {full_past + q}, or none; got shape {tuple(mask.shape)}"
+            )
+        new = mask[:, s.full_len :].to(s.mask.dtype)
+        kwargs["attention_mask"] = torch.cat([s.mask, new], dim=1)
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            # what the model would infer from an unpruned cache
+            kwargs["position_ids"] = (torch.arange(q, device=embeds.device) + full_past).unsqueeze(0).expand(b, -1)
+        elif positions.shape[-1] != q:
+            # Qwen2-VL derives decode positions from the whole mask's cumsum without keeping the new columns only
+            kwargs["position_ids"] = positions[..., -q:]
+        if self.layer is not None:
+            self._step = {"new_mask": new}
+        return kwargs
+
+    # ---- prefill ---------------------------------------------------------------------------------------------
+
+    def _prefill(self, kwargs: dict, visual: torch.Tensor, cache) -> dict:
+        embeds = kwargs["inputs_embeds"]
+        b, n = embeds.shape[:2]
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.long, device=embeds.device)
+        elif mask.dim() != 2:
+            raise ValueError("pruning needs a 2D attention_mask (batch, sequence) or none; 4D/dict masks are refused")
+        real = mask.bool()
+        visual = visual.to(embeds.device) & real
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            # the decoder's own default, made explicit before the sequence gets shorter
+            positions = torch.arange(n, device=embeds.device).unsqueeze(0).expand(b, -1)
+
+        keep = real.clone()
+        if self.method.prunes_before_llm:
+            keep &= ~visual | self._select_visual(embeds, visual, real)
+        src, valid = _compact(keep)
+        new_mask = valid.to(mask.dtype)
+        kwargs["inputs_embeds"] = _gather_tokens(embeds, src)
+        kwargs["attention_mask"] = new_mask
+        kwargs["position_ids"] = _gather_positions(positions, src)
+        kept_visual = visual.gather(1, src) & valid
+
+        self._session = _Session(
+            cache=weakref.ref(cache) if cache is not None else None,
+            full_len=n,
+            pruned_len=src.shape[1],
+            mask=new_mask,
+            visual=kept_visual,
+        )
+        self.last = PruneRecord(
+            kept_index=torch.where(valid, src, -1),
+            attention_mask=new_mask,
+            position_ids=kwargs["position_ids"],
+            visual_tokens=visual.sum(1),
+            kept_before_llm=kept_visual.sum(1),
+        )
+        if self.layer is not None:
+            self._step = {"prefill": True}
+        return kwargs
+
+    def _select_visual(self, embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Stage 1 on each sample's visual embeddings; returns the kept visual positions ``(B, L)`` bool."""
+        n = embeds.shape[1]
+        src, valid = _compact(visual)  # visual tokens of each sample, left-padded: (B, N)
+        shift = (~valid).sum(1, keepdim=True)
+        features = _gather_tokens(embeds, src)
+        # right-align -> left-align so that the selectors' padding sits at the end
+        order = (torch.arange(src.shape[1], device=src.device)[None] + shift) % src.shape[1]
+        features = _gather_tokens(features, order)
+        src, valid = src.gather(1, order), valid.gather(1, order)
+        text = None
+        if self.method.importance == "text":
+            prompt = (real & ~visual).unsqueeze(-1).to(embeds.dtype)
+            text = (embeds * prompt).sum(1) / prompt.sum(1).clamp(min=1)
+        picked = self.method.select_before_llm(features, valid, text)  # (B, K) into the visual list
+        columns = torch.where(picked >= 0, src.gather(1, picked.clamp(min=0)), -1)
+        return indices_to_mask(columns, n)
+
+    # ---- in-decoder stage ------------------------------------------------------------------------------------
+
+    def _make_layer_hook(self, idx: int):
+        def hook(module, args, kwargs):
+            step = self._step
+            if step is None:
+                return args, kwargs
+            if idx == self.layer:
+                if step.get("prefill"):
+                    args, kwargs = self._prune_at_layer(module, args, kwargs)
+                else:
+                    hidden = args[0] if args else kwargs["hidden_states"]
+                    mask2d = torch.cat([self._session.layer_mask, step["new_mask"]], dim=1)
+                    step["attention_mask"] = self._layer_attention_mask(hidden, mask2d, kwargs)
+            for key in ("attention_mask", "position_embeddings", "position_ids"):
+                if key in step:
+                    kwargs[key] = step[key]
+            return args, kwargs
+
+        return hook
+
+    def _prune_at_layer(self, layer, args, kwargs):
+        s = self._session
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        real = s.mask.bool()
+        attn = last_token_attention(layer, hidden, kwargs["position_embeddings"], real)
+        visual = s.visual
+        share = (attn * visual).sum(1)
+        budget = self.method.decoder_budget(visual.sum(1), share)
+        picked = topk_importance(attn, budget, visual)
+        keep = real & (~visual | indices_to_mask(picked, hidden.shape[1]))
+        src, valid = _compact(keep)
+        hidden = _gather_tokens(hidden, src)
+        cos, sin = kwargs["position_embeddings"]
+        step = self._step
+        step["position_embeddings"] = (_gather_tokens(cos, src), _gather_tokens(sin, src))
+        if kwargs.get("position_ids") is not None:
+            step["position_ids"] = _gather_positions(kwargs["position_ids"], src)
+        s.layer_mask = valid.to(s.mask.dtype)
+        step["attention_mask"] = self._layer_attention_mask(hidden, s.layer_mask, kwargs)
+        self.last.kept_in_decoder = (visual.gather(1, src) & valid).sum(1)
+        return (hidden, *args[1:]), kwargs
+
+    def _layer_attention_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, kwargs: dict):
+        """The mask the model would build for this layer's (shorter) keys, in its attention implementation's form."""
+        return create_causal_mask(
+            config=self.adapter.text_config,
+            inputs_embeds=hidden,
+            attention_mask=mask2d,
+            past_key_values=kwargs.get("past_key_values"),
+            layer_idx=self.layer,
+        )
+
+
+def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: float = 0.25, **method_kwargs):
+    """Prune visual tokens of a Hugging Face VLM in place; returns a handle whose ``remove()`` undoes it.
+
+    Args:
+        model: a ``LlavaForConditionalGeneration``, ``Qwen2VLForConditionalGeneration`` or
+            ``Qwen2_5_VLForConditionalGeneration`` (or their bare ``*Model``).
+        method: one of ``pruning.METHODS``: ``"todre"``, ``"idpruner"``, ``"random"``, ``"importance"``,
+            ``"divprune"``, ``"fastv"``.
+        keep_ratio: fraction of visual tokens kept, in (0, 1]; 1.0 leaves the model's outputs unchanged.
+        **method_kwargs: options of ``pruning.PruningMethod`` (``importance``, ``mmr_lambda``, ``diversity``,
+            ``layer``, ``relevance_keep``, ``relevance_threshold``, ``seed``).
+
+    Returns:
+        ``PruningHandle``; ``handle.last`` describes the latest pruned prefill.
+
+    Notes:
+        Works with batches (different numbers of images or visual tokens per sample: each sample is pruned on its
+        own and re-padded on the left), SDPA/eager attention and ``generate()`` with a ``DynamicCache``. In-decoder
+        stages (``todre``, ``fastv``) recompute one layer's attention from Q/K, so they need no eager attention, but
+        they need a cache whose layers may hold different lengths (``DynamicCache``). Outputs (logits, hidden states)
+        cover the shortened sequence; the pruned model is meant for inference, not for training with ``labels``.
+    """
+    spec = PruningMethod.create(method, keep_ratio, **method_kwargs)
+    adapter = adapter_for(model)
+    if getattr(model, "_pruning_handle", None) is not None:
+        raise ValueError("this model is already patched; call remove() on its current handle first")
+    if spec.prunes_in_decoder:
+        types = getattr(adapter.text_config, "layer_types", None) or []
+        if any(t != "full_attention" for t in types):
+            raise ValueError(f"{method!r} supports decoders with full attention in every layer only")
+    return PruningHandle(model, adapter, spec)

@@ -1,0 +1,118 @@
+"""Selection functions on small hand-made inputs: exact picks, original order, budgets and masks."""
+
+import pytest
+import torch
+
+from pruning import (
+    PruningMethod,
+    importance_scores,
+    indices_to_mask,
+    k_center,
+    max_min_diversity,
+    mmr,
+    random_selection,
+    topk_importance,
+)
+
+# five 2D directions: 0 and 1 nearly equal, 2 and 4 nearly equal, 3 opposite to 0
+FEATS = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.1, 0.9]]])
+SCORES = torch.tensor([[1.0, 0.9, 0.5, 0.1, 0.4]])
+
+
+def test_topk_importance_keeps_order_and_budget():
+    assert topk_importance(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), 2).tolist() == [[1, 3]]
+
+
+def test_topk_importance_per_sample_budgets_and_mask():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.4, 0.3, 0.2, 0.9]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    picks = topk_importance(scores, torch.tensor([1, 3]), mask)
+    assert picks.tolist() == [[1, -1, -1], [0, 1, 2]]  # masked token 3 never picked; short rows padded with -1
+
+
+def test_budget_larger_than_valid_tokens_is_clamped():
+    mask = torch.tensor([[True, False, True, False, False]])
+    assert topk_importance(SCORES, 4, mask).tolist() == [[0, 2]]
+
+
+def test_mmr_trades_importance_for_diversity():
+    # pure importance takes 0 and 1 (near duplicates); at λ=0.5 the opposite token 3 replaces 1, then comes 2
+    assert mmr(FEATS, SCORES, 2, lam=1.0).tolist() == [[0, 1]]
+    assert mmr(FEATS, SCORES, 2, lam=0.5).tolist() == [[0, 3]]
+    assert mmr(FEATS, SCORES, 3, lam=0.5).tolist() == [[0, 2, 3]]
+
+
+def test_mmr_respects_mask():
+    mask = torch.tensor([[False, True, True, True, True]])
+    assert mmr(FEATS, SCORES, 2, lam=0.5, mask=mask).tolist() == [[1, 3]]
+
+
+def test_k_center_starts_at_pivot_then_spreads():
+    # pivot = most important (0); farthest from it = 3; then the token least similar to {0, 3} = 2 (tie with 4 -> 2)
+    assert k_center(FEATS, 3, importance=SCORES).tolist() == [[0, 2, 3]]
+    # default pivot: most similar to the mean feature, here token 4
+    assert k_center(FEATS, 3).tolist() == [[0, 3, 4]]
+
+
+def test_k_center_max_sum_objective():
+    # after pivot 0: summed similarity to {0} is lowest for 3; then to {0, 3}: 2 and 4 are ~0 and 1 is ~-0.1 -> 1
+    assert k_center(FEATS, 3, importance=SCORES, objective="max_sum").tolist() == [[0, 1, 3]]
+    with pytest.raises(ValueError, match="max_min"):
+        k_center(FEATS, 2, objective="mean")
+
+
+def test_max_min_diversity_first_pick_is_most_isolated():
+    # token 3 is the farthest from its nearest neighbour; then 2 (or 4) is farthest from 3
+    assert max_min_diversity(FEATS, 1).tolist() == [[3]]
+    assert max_min_diversity(FEATS, 3).tolist() == [[0, 2, 3]]
+
+
+def test_batched_selection_matches_per_sample():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 12, 8)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+    k = torch.tensor([4, 2, 6])
+    imp = importance_scores(feats, "mean", mask)
+    for fn in (
+        lambda f, kk, m, i: k_center(f, kk, m, i),
+        lambda f, kk, m, i: mmr(f, i, kk, 0.5, m),
+        lambda f, kk, m, i: max_min_diversity(f, kk, m),
+    ):
+        batched = fn(feats, k, mask, imp)
+        for b in range(3):
+            n = int(mask[b].sum())
+            alone = fn(feats[b : b + 1, :n], int(k[b]), None, imp[b : b + 1, :n])[0]
+            assert batched[b, : int(k[b])].tolist() == alone.tolist()
+            assert (batched[b, int(k[b]) :] == -1).all()
+            assert alone.diff().gt(0).all()
+
+
+def test_random_is_seeded_and_masked():
+    mask = torch.tensor([[True, False, True, True, True, False]])
+    a = random_selection(6, 3, mask, generator=torch.Generator().manual_seed(7))
+    b = random_selection(6, 3, mask, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert set(a[0].tolist()) <= {0, 2, 3, 4} and a.diff().gt(0).all()
+
+
+def test_importance_sources():
+    feats = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]])
+    assert importance_scores(feats, "norm").tolist() == [[5.0, 1.0, 2.0]]
+    ref = importance_scores(feats, "reference", reference=torch.tensor([[0.0, 1.0]]))
+    torch.testing.assert_close(ref, torch.tensor([[0.8, 0.0, 1.0]]))
+    mean = importance_scores(feats, "mean", mask=torch.tensor([[False, True, False]]))
+    torch.testing.assert_close(mean, torch.tensor([[0.6, 1.0, 0.0]]))
+    with pytest.raises(ValueError, match="accepted: mean, norm, reference"):
+        importance_scores(feats, "cls")
+
+
+def test_indices_to_mask():
+    assert indices_to_mask(torch.tensor([[0, 2, -1]]), 4).tolist() == [[True, False, True, False]]
+
+
+def test_method_budgets():
+    method = PruningMethod.create("todre", 0.25, relevance_keep=0.5, relevance_threshold=0.1)
+    assert method.budget(torch.tensor([576, 3, 0])).tolist() == [144, 1, 0]
+    kept = method.decoder_budget(torch.tensor([144, 144]), torch.tensor([0.5, 0.05]))
+    assert kept.tolist() == [72, 0]
