@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "warmup_steps",
         "gan_start",
         "num_workers",
+        "cpu_threads",
     ):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     for name in ("lr", "gan_weight", "lpips_weight", "weight_decay"):

@@ -313,3 +313,13 @@ def test_build_dataset(shards):
         build_dataset("imagenet")
     with pytest.raises(ValueError, match="split"):
         build_dataset("scenes", split="validation")
+
+
+def test_photo_color_augment_permutes_channels_only():
+    plain = PhotoPatches(20, 32, "train", seed=1, color_augment=False)
+    augmented = PhotoPatches(20, 32, "train", seed=1)
+    pairs = [(plain[i]["image"], augmented[i]["image"]) for i in range(20)]
+    for p, a in pairs:  # same crop and flip; per pixel, the same three values in another order
+        assert torch.equal(p.sort(0).values, a.sort(0).values)
+    assert sum(not torch.equal(p, a) for p, a in pairs) >= 10
+    assert not PhotoPatches(5, 32, "heldout").color_augment

@@ -140,3 +140,66 @@ def test_two_cpu_processes_keep_identical_weights(tmp_path):
     assert metrics["num_processes"] == 2
     a, b = metrics["rank_param_checksums"]
     assert a == b
+
+
+def test_gan_path_trains_with_adaptive_weight(tmp_path):
+    metrics = train_tokenizer(
+        TrainConfig(**{**TINY, "eval_samples": 16}, steps=6, gan_weight=0.5, gan_start=2, output_dir=str(tmp_path))
+    )
+    assert metrics["steps"] == 6 and metrics["psnr"] == metrics["psnr"]  # finite, not NaN
+
+
+def test_lpips_is_used_or_refused_clearly():
+    from tokenizers_vis.losses import build_lpips
+
+    try:
+        lpips = build_lpips()
+    except RuntimeError as err:  # offline: the pretrained backbone cannot be fetched
+        assert "LPIPS" in str(err) and "--lpips-weight" in str(err)
+    else:
+        x = torch.rand(1, 3, 64, 64) * 2 - 1
+        assert float(lpips(x, x)) < 1e-6
+
+
+def _load_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_config_file_and_flags(tmp_path):
+    cli = _load_cli()
+    (tmp_path / "run.json").write_text(json.dumps({"steps": 7, "data": "photos", "lr": 0.01}))
+    cfg = cli.parse_args(["--config", str(tmp_path / "run.json"), "--steps", "9", "--quantizer", "fsq"])
+    assert (cfg.steps, cfg.data, cfg.lr, cfg.model_overrides) == (9, "photos", 0.01, {"quantizer_type": "fsq"})
+    (tmp_path / "bad.json").write_text(json.dumps({"stepz": 7}))
+    with pytest.raises(ValueError, match="stepz"):
+        cli.parse_args(["--config", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--preset", "nope"])
+
+
+def test_training_on_a_folder_skips_and_counts_bad_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / "nested" / f"{i}.png")
+    for i in range(4):
+        (folder / f"empty_{i}.png").write_bytes(b"")
+        (folder / f"text_{i}.jpg").write_text("not an image")
+    train_files = {Path(f).name for f in build_dataset(str(folder), "train", 32).files}
+    expected_bad = sum(
+        name in train_files for name in [f"empty_{i}.png" for i in range(4)] + [f"text_{i}.jpg" for i in range(4)]
+    )
+    cfg = dict(TINY, eval_samples=8)
+    metrics = train_tokenizer(
+        TrainConfig(**cfg, data=str(folder), resolution=32, steps=3, output_dir=str(tmp_path / "o"))
+    )
+    assert expected_bad > 0 and metrics["skipped_files"] == expected_bad

@@ -182,15 +182,16 @@ def save_model_atomically(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_reconstruction_grid(model, images: torch.Tensor, path: Path, rows: int = 8) -> None:
-    """Alternating rows of originals and reconstructions."""
+def save_reconstruction_grid(model, images: torch.Tensor, path: Path, rows: int = 8, per_row: int = 8) -> None:
+    """Rows of up to ``per_row`` held-out originals, each followed by a row of their reconstructions."""
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        x = images[: rows * 8].to(device)
+        x = images[: rows * per_row].to(device)
         recon = model.decode(model.encode(x)).clamp(-1, 1)
-    pairs = torch.stack([x.reshape(-1, 8, *x.shape[1:]), recon.reshape(-1, 8, *x.shape[1:])], 1)
-    save_image(pairs.reshape(-1, *x.shape[1:]).cpu() * 0.5 + 0.5, path, nrow=8, padding=1)
+    chunks = [t for i in range(0, len(x), per_row) for t in (x[i : i + per_row], recon[i : i + per_row])]
+    grid = torch.cat([torch.cat([c, c.new_full((per_row - len(c), *c.shape[1:]), -1.0)]) for c in chunks])
+    save_image(grid.cpu() * 0.5 + 0.5, path, nrow=per_row, padding=1)
 
 
 def param_checksum(model: torch.nn.Module) -> float:
@@ -202,6 +203,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     """Trains ``model`` (default: ``create_tokenizer(cfg.preset, **cfg.model_overrides)``) and writes
     model/, checkpoints/, metrics.json, reconstructions.png and TensorBoard logs under ``cfg.output_dir``.
     Returns the metrics dict."""
+    run_start = time.time()
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
@@ -304,6 +306,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         )
         save_model_atomically(raw, out / "model")
         save_reconstruction_grid(raw, heldout, out / "reconstructions.png")
+        metrics["run_seconds"] = round(time.time() - run_start, 1)  # data, training, evaluation and saving
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         accelerator.log(
             {f"eval/{k}": metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")},

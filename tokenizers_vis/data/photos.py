@@ -90,7 +90,8 @@ class PhotoPatches(Dataset):
 
     Item ``i`` is a dict: ``image`` (3, R, R) float32 in [-1, 1], ``caption`` "" and ``source`` (photo
     name). ``scales`` are downsampling factors applied to the photo (after normalising its short side to
-    512 px) before cropping; smaller scales put more context into a patch.
+    512 px) before cropping; smaller scales put more context into a patch. ``color_augment`` (default: on
+    for the train split) permutes the RGB channels of each patch at random.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class PhotoPatches(Dataset):
         split: str = "train",
         seed: int = 0,
         scales: Sequence[float] = (1.0, 0.5),
+        color_augment: bool | None = None,
     ) -> None:
         if split not in PHOTO_SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {tuple(PHOTO_SPLITS)}")
@@ -120,6 +122,9 @@ class PhotoPatches(Dataset):
         self.split = split
         self.seed = seed
         self.scales = tuple(scales)
+        # A dozen photos hold few hues (no teal, little green): permuting RGB channels in training lets the
+        # codebook cover colours that held-out photos have. Off for held-out data, which stays as shot.
+        self.color_augment = split == "train" if color_augment is None else color_augment
         self.sources: tuple[str, ...] = tuple(photos)
         # Every (photo, scale) level is computed once; together they take a few tens of MB at most.
         self._levels = [[_rescale(image, s, resolution) for s in self.scales] for image in photos.values()]
@@ -139,4 +144,6 @@ class PhotoPatches(Dataset):
         patch = level[top : top + self.resolution, left : left + self.resolution]
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
+        if self.color_augment:
+            patch = patch[..., rng.permutation(3)]
         return {"image": uint8_to_tensor(patch), "caption": "", "source": self.sources[photo]}

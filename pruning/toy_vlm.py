@@ -1,0 +1,332 @@
+"""A toy VLM to measure pruning on: a tiny ``LlavaForConditionalGeneration`` trained on VQA over labelled scenes.
+
+The scene data is an argument (any sequence of dicts with ``"image"`` ``(3, H, W)`` in [-1, 1] and ``"labels"``
+``(max_objects, 4)`` rows ``(shape_id, colour_id, size_id, cell_id)`` padded with -1, e.g. the project's
+``tokenizers_vis.data.SyntheticScenes``) together with the attribute names (``SceneVocab``), so ``pruning`` keeps
+depending on torch and transformers only.
+
+Prompts are ``<bos> <image>×N question ?``; the answer is one word followed by ``<eos>``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
+
+QUESTION_TYPES = ("colour", "shape", "count", "position")
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<image>")
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class SceneVocab:
+    """Names of the label ids: ``shapes[shape_id]``, ``colors[colour_id]``, ``positions[cell_id]``."""
+
+    shapes: tuple[str, ...]
+    colors: tuple[str, ...]
+    positions: tuple[str, ...]
+    size_fractions: tuple[float, ...] = (0.5, 0.88)  # object diameter / cell side, by size_id
+    max_objects: int = 3
+
+    def position_answer(self, cell: int) -> str:
+        """One-word answer for a cell ("top left" -> "top_left")."""
+        return self.positions[cell].replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class VQAItem:
+    question: str
+    answer: str
+    kind: str  # one of QUESTION_TYPES
+
+
+def scene_questions(labels: torch.Tensor, vocab: SceneVocab) -> dict[str, list[VQAItem]]:
+    """Every unambiguous question about one scene, by type. labels ``(max_objects, 4)``, -1 rows = no object.
+
+    A colour question names a shape that occurs once; a position question names a (colour, shape) pair that occurs
+    once; a shape question names an occupied cell (cells hold at most one object).
+    """
+    objects = [tuple(int(v) for v in row) for row in labels.tolist() if row[0] >= 0]
+    shape_count = Counter(o[0] for o in objects)
+    pair_count = Counter((o[0], o[1]) for o in objects)
+    out: dict[str, list[VQAItem]] = {k: [] for k in QUESTION_TYPES}
+    out["count"].append(VQAItem("how many objects are there ?", COUNT_WORDS[len(objects)], "count"))
+    for shape, colour, _, cell in objects:
+        out["shape"].append(VQAItem(f"what shape is at the {vocab.positions[cell]} ?", vocab.shapes[shape], "shape"))
+        if shape_count[shape] == 1:
+            out["colour"].append(VQAItem(f"what colour is the {vocab.shapes[shape]} ?", vocab.colors[colour], "colour"))
+        if pair_count[(shape, colour)] == 1:
+            question = f"where is the {vocab.colors[colour]} {vocab.shapes[shape]} ?"
+            out["position"].append(VQAItem(question, vocab.position_answer(cell), "position"))
+    return out
+
+
+def sample_question(labels: torch.Tensor, vocab: SceneVocab, rng: random.Random, kind: str | None = None) -> VQAItem:
+    """One question: a uniformly drawn type among those the scene allows (or ``kind`` when it does), then a uniformly
+    drawn question of that type."""
+    options = {k: v for k, v in scene_questions(labels, vocab).items() if v}
+    if kind not in options:
+        kind = rng.choice(sorted(options))
+    return rng.choice(options[kind])
+
+
+def question_set(scenes: Sequence[dict], vocab: SceneVocab, seed: int = 0) -> tuple[torch.Tensor, list[VQAItem]]:
+    """A fixed evaluation set: one question per scene, types cycling over ``QUESTION_TYPES``.
+
+    Returns images ``(N, 3, H, W)`` and the N questions.
+    """
+    rng = random.Random(seed)
+    items = [sample_question(s["labels"], vocab, rng, QUESTION_TYPES[i % 4]) for i, s in enumerate(scenes)]
+    return torch.stack([s["image"] for s in scenes]), items
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------------------------
+
+
+def vocabulary(vocab: SceneVocab) -> list[str]:
+    """Every word of every question and answer (sorted), after the special tokens."""
+    words = {"how", "many", "objects", "are", "there", "what", "colour", "shape", "is", "at", "the", "where", "?"}
+    words |= set(COUNT_WORDS[: vocab.max_objects + 1]) | set(vocab.shapes) | set(vocab.colors)
+    for i, name in enumerate(vocab.positions):
+        words |= set(name.split()) | {vocab.position_answer(i)}
+    return [*SPECIAL_TOKENS, *sorted(words)]
+
+
+def build_tokenizer(vocab: SceneVocab) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer (whitespace split, ``<bos>`` prepended, left padding) for ``generate()``-style batches."""
+    words = vocabulary(vocab)
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(list(SPECIAL_TOKENS))  # matched before splitting, so "<image><image>" is two tokens
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", words.index("<bos>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], num_image_tokens: int, answers=None
+) -> dict[str, torch.Tensor]:
+    """Processor-style batch: ``input_ids`` / ``attention_mask`` ``(B, L)``, left-padded, each prompt holding
+    ``num_image_tokens`` ``<image>`` placeholders; with ``answers``, each answer word is appended."""
+    image = IMAGE_TOKEN * num_image_tokens
+    texts = [f"{image} {q}" for q in questions]
+    if answers is not None:
+        texts = [f"{t} {a}" for t, a in zip(texts, answers, strict=True)]
+    return dict(tokenizer(texts, return_tensors="pt", padding=True))
+
+
+# ---- model -------------------------------------------------------------------------------------------------------
+
+
+def toy_llava_config(
+    tokenizer: PreTrainedTokenizerFast,
+    image_size: int = 64,
+    patch_size: int = 4,
+    vision_dim: int = 64,
+    vision_layers: int = 2,
+    text_dim: int = 128,
+    text_layers: int = 4,
+    heads: int = 4,
+) -> LlavaConfig:
+    """A tiny LLaVA: CLIP vision tower (last layer, [CLS] dropped -> ``(image_size / patch_size)²`` visual tokens), a
+    2-layer GELU projector and a Llama decoder."""
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (("pad", "<pad>"), ("bos", "<bos>"))}
+    vision = CLIPVisionConfig(
+        hidden_size=vision_dim,
+        intermediate_size=2 * vision_dim,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    n_visual = (image_size // patch_size) ** 2
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_dim,
+        intermediate_size=2 * text_dim,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max(256, 2 * (n_visual + 32)),
+        bos_token_id=ids["bos"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=ids["pad"],
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        image_seq_length=n_visual,
+    )
+
+
+def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
+    vision = model.config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
+
+
+def answer_logits(model: LlavaForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Prefill only: next-token logits after each prompt ``(B, V)`` (left padding puts every prompt's end last)."""
+    return model(**batch, logits_to_keep=1).logits[:, -1]
+
+
+@torch.no_grad()
+def predict(
+    model: LlavaForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerFast,
+    images: torch.Tensor,
+    questions: Sequence[str],
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy one-word answers. images ``(N, 3, H, W)``."""
+    n_img = num_image_tokens(model)
+    out = []
+    for i in range(0, len(questions), batch_size):
+        batch = encode(tokenizer, questions[i : i + batch_size], n_img)
+        batch["pixel_values"] = images[i : i + batch_size].to(model.dtype)
+        out += tokenizer.convert_ids_to_tokens(answer_logits(model, batch).argmax(-1).tolist())
+    return out
+
+
+def accuracy(predictions: Sequence[str], items: Sequence[VQAItem]) -> dict[str, float]:
+    """Accuracy overall (``"all"``) and per question type."""
+    result = {}
+    for kind in (*QUESTION_TYPES, "all"):
+        hits = [p == it.answer for p, it in zip(predictions, items, strict=True) if kind in ("all", it.kind)]
+        result[kind] = sum(hits) / max(len(hits), 1)
+    return result
+
+
+def token_targets(labels: torch.Tensor, vocab: SceneVocab, grid: int) -> torch.Tensor:
+    """Per-visual-token targets for the auxiliary grounding loss: ``(B, grid², 3)`` shape / colour / cell ids of
+    the object whose disc covers the patch centre, -1 where none does. labels ``(B, max_objects, 4)``.
+
+    The disc is centred on the object's cell with 0.8× its circumscribed radius, so it stays inside the object despite
+    the scenes' small jitter; only tokens that see an object are told what it is, leaving background tokens free.
+    """
+    centres = (torch.arange(grid) + 0.5) / grid
+    py, px = torch.meshgrid(centres, centres, indexing="ij")  # (grid, grid), in image-side units
+    out = torch.full((labels.shape[0], grid * grid, 3), -1, dtype=torch.long)
+    sizes = torch.tensor(vocab.size_fractions)
+    for obj in range(labels.shape[1]):
+        lab = labels[:, obj]  # (B, 4)
+        present = lab[:, 0] >= 0
+        cell = lab[:, 3].clamp(min=0)
+        cy, cx = (cell // 3 + 0.5) / 3, (cell % 3 + 0.5) / 3
+        radius = 0.8 * sizes[lab[:, 2].clamp(min=0)] / 6
+        inside = (px.flatten()[None] - cx[:, None]) ** 2 + (py.flatten()[None] - cy[:, None]) ** 2 < radius[
+            :, None
+        ] ** 2
+        inside &= present[:, None]
+        out[inside] = lab[:, [0, 1, 3]].unsqueeze(1).expand(-1, grid * grid, -1)[inside]
+    return out
+
+
+# ---- training ----------------------------------------------------------------------------------------------------
+
+
+def train(
+    model: LlavaForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerFast,
+    scenes: Sequence[dict],
+    vocab: SceneVocab,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    warmup: int = 50,
+    seed: int = 0,
+    autocast: bool = True,
+    grounding_weight: float = 1.0,
+    time_limit: float | None = None,
+    log: Callable[[int, float], None] | None = None,
+) -> int:
+    """AdamW + cosine decay on answer and ``<eos>`` cross-entropy; one random question per drawn scene.
+
+    An auxiliary grounding loss (weight ``grounding_weight``; linear heads on the projected visual tokens predict the
+    shape, colour and cell of the object a token sees, ``token_targets``) makes the visual tokens informative from
+    the first steps; without it the decoder sits for many hundred steps on the answer prior. The heads are discarded.
+    With ``time_limit`` (seconds) the cosine schedule follows elapsed time too and training stops when it is spent.
+    Returns the steps run.
+    """
+    rng = random.Random(seed)
+    n_img = num_image_tokens(model)
+    dim = model.config.text_config.hidden_size
+    classes = (len(vocab.shapes), len(vocab.colors), len(vocab.positions))
+    heads = torch.nn.ModuleList(torch.nn.Linear(dim, c) for c in classes)
+    params = [*model.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    start = time.perf_counter()
+
+    def progress(step: int) -> float:
+        """Fraction of the run done, by steps or, with a time limit, by time, whichever is further."""
+        done = step / steps
+        if time_limit is not None:
+            done = max(done, (time.perf_counter() - start) / time_limit)
+        return min(done, 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress(s)))
+    )
+    eos = torch.tensor(tokenizer.eos_token_id)
+    model.train()
+    done = 0
+    bar = tqdm(range(steps), desc="train")
+    for step in bar:
+        picks = [scenes[rng.randrange(len(scenes))] for _ in range(batch_size)]
+        items = [sample_question(s["labels"], vocab, rng) for s in picks]
+        batch = encode(tokenizer, [it.question for it in items], n_img, [it.answer for it in items])
+        batch["pixel_values"] = torch.stack([s["image"] for s in picks])
+        # answer + <eos> targets: the last two positions (left padding)
+        targets = torch.stack([batch["input_ids"][:, -1], eos.expand(batch_size)], dim=1)
+        grounding = token_targets(torch.stack([s["labels"] for s in picks]), vocab, math.isqrt(n_img))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(**batch, logits_to_keep=2)
+            visual = out.image_hidden_states.reshape(batch_size, n_img, dim)
+            aux = [head(visual).float() for head in heads]
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+        seen = grounding[..., 0] >= 0
+        if grounding_weight > 0 and seen.any():
+            loss = loss + grounding_weight * sum(
+                F.cross_entropy(a[seen], grounding[..., i][seen]) for i, a in enumerate(aux)
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log is not None:
+            log(step, loss.item())
+        done = step + 1
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            break
+    bar.close()
+    model.eval()
+    return done
