@@ -36,8 +36,10 @@ from pruning.toy_vlm import (
 from tokenizers_vis.data import COLORS, POSITIONS, SHAPES, SyntheticScenes
 
 REDUCTIONS = (0.5, 0.75, 0.9)
-# Per-method options (pruning.PruningMethod fields); defaults of the package unless listed.
-METHOD_KWARGS: dict[str, dict] = {}
+# Per-method options (pruning.PruningMethod fields); package defaults otherwise. On the toy VLM the default "mean"
+# importance ranks flat background highest (it is most of the image), so IDPruner and the importance-only baseline
+# both use the feature norm instead (IDPruner at 75 % reduction: 65 % of unpruned accuracy with "mean", 101 % "norm").
+METHOD_KWARGS: dict[str, dict] = {"idpruner": {"importance": "norm"}, "importance": {"importance": "norm"}}
 
 
 class Stopwatch:
