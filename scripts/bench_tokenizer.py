@@ -41,9 +41,10 @@ def main() -> None:
     p.add_argument("--data", default="scenes")
     p.add_argument("--output-dir", default="runs/bench_tokenizer")
     p.add_argument("--table", default="benchmarks/tokenizer.md")
+    p.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     args = p.parse_args()
 
-    base = TrainConfig(steps=args.steps, data=args.data, save_every=10**9)
+    base = TrainConfig(steps=args.steps, data=args.data, save_every=10**9, cpu_threads=args.cpu_threads)
     ours = create_tokenizer(base.preset)
     peer = DiffusersVQTokenizer(num_vq_embeddings=ours.codebook_size)
     rows = []
@@ -80,7 +81,8 @@ def main() -> None:
             "",
             *lines,
             "",
-            "Command: `python scripts/bench_tokenizer.py --steps " + str(args.steps) + " --data " + args.data + "`",
+            f"Command: `python scripts/bench_tokenizer.py --steps {args.steps} --data {args.data} "
+            f"--cpu-threads {args.cpu_threads}`",
             "",
         ]
     )

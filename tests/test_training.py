@@ -73,7 +73,7 @@ def _run(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
 def test_killed_run_resumes_exactly(tmp_path):
     """A run killed with SIGKILL and restarted with --resume ends with the weights of an uninterrupted run
     (batches are drawn per step from a seeded generator, so nothing is replayed or skipped)."""
-    steps = 150
+    steps = 60
     cmd = [
         sys.executable,
         "scripts/train_tokenizer.py",
