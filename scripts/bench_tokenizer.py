@@ -50,11 +50,10 @@ def main() -> None:
     rows = []
     heldout = materialize(build_dataset(args.data, "heldout", base.resolution, 256, base.seed), 0, "held-out")
     for name, model in (("ours (" + base.preset + ")", ours), ("diffusers VQModel", peer)):
-        params = sum(p.numel() for p in model.parameters())
         out = Path(args.output_dir) / ("ours" if model is ours else "diffusers")
         metrics = train_tokenizer(dataclasses.replace(base, output_dir=str(out)), model=model)
         trained = load_tokenizer(out / "model") if model is ours else model
-        rows.append(dict(name=name, params=params, speed=images_per_second(trained, heldout), **metrics))
+        rows.append(dict(name=name, speed=images_per_second(trained, heldout), **metrics))
 
     ref = rows[1]
     header = (

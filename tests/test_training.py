@@ -22,6 +22,7 @@ TINY = dict(
     warmup_steps=5,
     mixed_precision="no",
     num_workers=0,
+    cpu_threads=1,
     log_every=5,
 )
 CLI_TINY = [
@@ -39,6 +40,8 @@ CLI_TINY = [
     "no",
     "--num-workers",
     "0",
+    "--cpu-threads",
+    "1",
 ]
 
 
