@@ -110,10 +110,10 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes_keep_identical_weights(tmp_path):
-    accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
-        str(accelerate),
-        "launch",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
         "--multi_gpu",
         "--num_processes",
         "2",
