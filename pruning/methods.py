@@ -33,9 +33,9 @@ class PruningMethod:
     Args:
         name: one of ``METHODS``.
         keep_ratio: fraction of each sample's visual tokens kept at the LLM input (FastV: from ``layer`` on), in (0, 1].
-        importance: importance source for ``idpruner``/``importance`` and ToDRE's pivot: ``"mean"`` (cosine similarity
-            to the sample's mean visual feature), ``"norm"`` (feature norm) or ``"text"`` (cosine similarity to the mean
-            input embedding of the sample's prompt tokens).
+        importance: importance source for ``idpruner``/``importance`` and ToDRE's pivot: ``"norm"`` (feature norm,
+            default), ``"mean"`` (cosine similarity to the sample's mean visual feature) or ``"text"`` (cosine
+            similarity to the mean input embedding of the sample's prompt tokens).
         mmr_lambda: IDPruner's importance/diversity trade-off λ in [0, 1].
         diversity: ToDRE stage-1 objective, ``"max_min"`` (greedy k-center, paper v1) or ``"max_sum"`` (paper v2).
         layer: decoder layer of the relevance stage (ToDRE default: 7/8 of the depth; FastV default: 2).
@@ -47,7 +47,7 @@ class PruningMethod:
 
     name: str
     keep_ratio: float
-    importance: str = "mean"
+    importance: str = "norm"  # "mean" ranks flat background highest (benchmarks/pruning.md)
     mmr_lambda: float = 0.5
     diversity: str = "max_min"
     layer: int | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-from pruning import METHODS, apply_pruning
+from pruning import apply_pruning
 from pruning.toy_vlm import (
     QUESTION_TYPES,
     SceneVocab,
@@ -36,10 +36,18 @@ from pruning.toy_vlm import (
 from tokenizers_vis.data import COLORS, POSITIONS, SHAPES, SyntheticScenes
 
 REDUCTIONS = (0.5, 0.75, 0.9)
-# Per-method options (pruning.PruningMethod fields); package defaults otherwise. On the toy VLM the default "mean"
-# importance ranks flat background highest (it is most of the image), so IDPruner and the importance-only baseline
-# both use the feature norm instead (IDPruner at 75 % reduction: 65 % of unpruned accuracy with "mean", 101 % "norm").
-METHOD_KWARGS: dict[str, dict] = {"idpruner": {"importance": "norm"}, "importance": {"importance": "norm"}}
+# Rows of the accuracy table: (label, method, options). Package defaults (feature-norm importance), plus IDPruner
+# and the importance-only baseline with similarity to the mean feature, which ranks flat background highest.
+RUNS: list[tuple[str, str, dict]] = [
+    ("todre", "todre", {}),
+    ("idpruner", "idpruner", {}),
+    ("random", "random", {}),
+    ("importance", "importance", {}),
+    ("divprune", "divprune", {}),
+    ("fastv", "fastv", {}),
+    ("idpruner (importance=mean)", "idpruner", {"importance": "mean"}),
+    ("importance (importance=mean)", "importance", {"importance": "mean"}),
+]
 
 
 class Stopwatch:
@@ -94,15 +102,15 @@ def accuracy_run(args, rows: list[dict]) -> dict:
     base = accuracy(predict(model, tokenizer, images, questions), items)
     base_time, _ = prefill_time(model, timing_batch, args.repeats)
     rows.append(dict(method="none", reduction=0.0, acc=base, rel=1.0, time_ratio=1.0, overhead=0.0))
-    for method in METHODS:
+    for label, method, options in RUNS:
         for reduction in REDUCTIONS:
-            handle = apply_pruning(model, method, keep_ratio=round(1 - reduction, 4), **METHOD_KWARGS.get(method, {}))
+            handle = apply_pruning(model, method, keep_ratio=round(1 - reduction, 4), **options)
             acc = accuracy(predict(model, tokenizer, images, questions), items)
             seconds, select = prefill_time(model, timing_batch, args.repeats, handle)
             handle.remove()
             rows.append(
                 dict(
-                    method=method,
+                    method=label,
                     reduction=reduction,
                     acc=acc,
                     rel=acc["all"] / max(base["all"], 1e-9),
@@ -111,7 +119,7 @@ def accuracy_run(args, rows: list[dict]) -> dict:
                 )
             )
             r = rows[-1]
-            print(f"{method:>10} {reduction:.0%}: acc {acc['all']:.3f} ({r['rel']:.1%}) time x{r['time_ratio']:.2f}")
+            print(f"{label:>28} {reduction:.0%}: acc {acc['all']:.3f} ({r['rel']:.1%}) time x{r['time_ratio']:.2f}")
     return dict(base=base, base_time=base_time, visual_tokens=num_image_tokens(model), model=model, tok=tokenizer)
 
 
@@ -128,12 +136,12 @@ def speed_run(args, tokenizer) -> list[dict]:
     )
     base, _ = prefill_time(model, batch, args.repeats)
     out = [dict(method="none", seconds=base, speedup=1.0, overhead=0.0)]
-    for method in METHODS:
-        handle = apply_pruning(model, method, keep_ratio=0.1, **METHOD_KWARGS.get(method, {}))
+    for label, method, options in RUNS[:6]:
+        handle = apply_pruning(model, method, keep_ratio=0.1, **options)
         seconds, select = prefill_time(model, batch, args.repeats, handle)
         handle.remove()
-        out.append(dict(method=method, seconds=seconds, speedup=base / seconds, overhead=select / seconds))
-        print(f"speed {method:>10}: {seconds * 1e3:.1f} ms (x{base / seconds:.2f})")
+        out.append(dict(method=label, seconds=seconds, speedup=base / seconds, overhead=select / seconds))
+        print(f"speed {label:>10}: {seconds * 1e3:.1f} ms (x{base / seconds:.2f})")
     return out
 
 
@@ -176,8 +184,7 @@ def markdown(args, rows: list[dict], info: dict, speed: list[dict], checks: list
     ]
     lines += ["", "## Acceptance", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in checks]
-    if METHOD_KWARGS:
-        lines += ["", f"Method options: `{json.dumps(METHOD_KWARGS)}`"]
+    lines += ["", "Method options: " + ", ".join(f"{label}: `{json.dumps(o)}`" for label, _, o in RUNS if o)]
     return "\n".join(lines) + "\n"
 
 

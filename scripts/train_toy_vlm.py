@@ -3,7 +3,7 @@
 A tiny ``LlavaForConditionalGeneration`` (random init; CLIP vision tower, Llama decoder, word-level tokenizer, all
 built in code) learns one-word VQA (colour / shape / count / position) over the project's captioned synthetic scenes.
 
-    python scripts/train_toy_vlm.py                      # rebuilds assets/toy_vlm (about 11 min on one CPU thread)
+    python scripts/train_toy_vlm.py                      # rebuilds assets/toy_vlm (about 21 min on two CPU cores)
     python scripts/train_toy_vlm.py --steps 200 --out runs/toy_vlm
 """
 
@@ -63,12 +63,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument(
-        "--time-limit", type=float, default=640.0, help="training seconds; the LR schedule follows elapsed time"
+        "--time-limit", type=float, default=1200.0, help="training seconds; the LR schedule follows elapsed time"
     )
     p.add_argument("--train-scenes", type=int, default=50000)
     p.add_argument("--eval-scenes", type=int, default=800)
     p.add_argument("--resolution", type=int, default=96)
     p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--vision-dim", type=int, default=128)
+    p.add_argument("--vision-layers", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -78,7 +80,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer = build_tokenizer(VOCAB)
-    config = toy_llava_config(tokenizer, image_size=args.resolution, patch_size=args.patch_size)
+    config = toy_llava_config(
+        tokenizer,
+        image_size=args.resolution,
+        patch_size=args.patch_size,
+        vision_dim=args.vision_dim,
+        vision_layers=args.vision_layers,
+    )
     model = LlavaForConditionalGeneration(config)
     scenes = SyntheticScenes(args.train_scenes, args.resolution, split="train", seed=args.seed)
 
