@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench assets lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +14,36 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: train the default tokenizer on the built-in synthetic scenes (about 10 minutes on 2 CPU cores).
+# Main job: train a tokenizer briefly on the built-in synthetic scenes (~2 min on 2 CPU cores), then generate
+# images for four prompts with the text-to-image pipeline shipped in assets/pipeline.
+DEMO_PROMPTS := --prompt "a large red circle at the top left" \
+	--prompt "a small blue star at the center" \
+	--prompt "a large yellow square at the bottom right and a small white triangle at the top" \
+	--prompt "a large green hexagon at the left, a small purple diamond at the top right and a large orange star at the bottom"
 demo: $(STAMP)
-	$(BIN)/accelerate launch scripts/train_tokenizer.py --output-dir runs/demo
-	@echo "model, metrics.json and reconstructions.png are in runs/demo/"
+	$(BIN)/accelerate launch scripts/train_tokenizer.py --output-dir runs/demo --steps 300
+	$(BIN)/python scripts/generate.py $(DEMO_PROMPTS) --out runs/demo/generated
+	@echo "tokenizer: runs/demo/model, runs/demo/reconstructions.png; generated PNGs: runs/demo/generated/"
+
+# Rebuild the shipped text-to-image assets from seed 0 (tokenizer, CLIP, grader, generator; about 1.5 hours on 2
+# CPU cores). The toy VLM for the pruning benchmark is rebuilt separately: python scripts/train_toy_vlm.py
+assets: $(STAMP)
+	$(BIN)/accelerate launch scripts/train_tokenizer.py --preset vq-f4 --output-dir runs/assets/tokenizer
+	$(BIN)/python scripts/train_clip.py --out runs/assets/clip
+	$(BIN)/python scripts/train_grader.py --out assets/grader
+	$(BIN)/accelerate launch scripts/train_generator.py --tokenizer runs/assets/tokenizer/model \
+		--prompt-encoder runs/assets/clip --output-dir runs/assets/generator --pipeline-dtype bfloat16
+	$(BIN)/python scripts/tune_sampling.py --pipeline runs/assets/generator/pipeline --write
+	cp runs/assets/clip/training.json runs/assets/generator/pipeline/prompt_encoder/
+	rm -rf assets/pipeline && cp -r runs/assets/generator/pipeline assets/pipeline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_tokenizer.py
+	$(BIN)/python scripts/bench_generation.py
+	$(BIN)/python scripts/bench_pruning.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

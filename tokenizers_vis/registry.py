@@ -16,6 +16,9 @@ _F8 = dict(downsample_factor=8, channels=(64, 128, 256))
 PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     # default: cosine VQ, 1024 codes of dim 32, f=8 -> 64 tokens for a 64x64 image
     "vq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="vq", codebook_size=1024)),
+    # f=4: 256 tokens for a 64x64 image; small shapes keep their corners (at f=8 they decode as blobs), which the
+    # text-to-image generator needs
+    "vq-f4": (ImageTokenizer, dict(downsample_factor=4, channels=(64, 128), quantizer_type="vq", codebook_size=1024)),
     "vq-f16": (ImageTokenizer, dict(downsample_factor=16, channels=(64, 128, 256, 256), codebook_size=1024)),
     "rvq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="rvq", codebook_size=1024)),
     "fsq-f8": (

@@ -60,18 +60,22 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        """Reads a JSON or YAML config; keys must be field names."""
-        text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+        return config_from_file(cls, path, **overrides)
 
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
-        return cls(**{**values, **overrides})
+
+def config_from_file(cls: type, path: str | Path, **overrides):
+    """Builds the dataclass ``cls`` from a JSON or YAML file whose keys are its field names; overrides win."""
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
+    return cls(**{**values, **overrides})
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -157,6 +161,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def resume_from_latest(accelerator: Accelerator, output_dir: Path) -> int:
+    """Loads the newest checkpoint under ``output_dir`` (if any) into the prepared objects; returns its step."""
+    ckpt = latest_checkpoint(output_dir)
+    if ckpt is None:
+        return 0
+    accelerator.load_state(str(ckpt))
+    step = json.loads((ckpt / "step.json").read_text())["step"]
+    accelerator.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
     """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
     root = output_dir / "checkpoints"
@@ -235,12 +250,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     else:
         model, opt, sched = accelerator.prepare(model, opt, sched)
 
-    start = 0
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "step.json").read_text())["step"]
-        accelerator.print(f"resumed from {ckpt} at step {start}")
+    start = resume_from_latest(accelerator, out) if cfg.resume else 0
     accelerator.init_trackers("tokenizer", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
 
     raw = accelerator.unwrap_model(model)

@@ -1,0 +1,192 @@
+"""Text-to-image pipeline: prompt encoder -> generator -> tokenizer decoder, saved and loaded as one folder.
+
+The folder follows the diffusers pipeline layout: ``model_index.json`` names each component as
+``[library, class]`` and every component sits in its own subfolder with its own ``config.json`` and weights::
+
+    pipeline/
+      model_index.json        {"_class_name": "TextToImagePipeline", "tokenizer": ["tokenizers_vis", ...], ...}
+      tokenizer/              config.json + safetensors
+      generator/              config.json + safetensors
+      prompt_encoder/         the frozen CLIP (text tower used; image tower kept for evaluation)
+
+Components are loaded through the project's registries, never by importing whatever a JSON file names.
+The sampling settings found best by ``scripts/tune_sampling.py`` are stored as the pipeline's defaults.
+
+``num_candidates`` > 1 draws that many samples per requested image and keeps the one whose CLIP image embedding
+(the prompt encoder's own CLIP, image tower) is closest to the prompt's text embedding: CLIP re-ranking, as in
+DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-conditioned generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from tokenizers_vis import load_tokenizer
+
+from .prompt_encoder import PromptEncoder
+from .registry import load_generator
+
+SAMPLING_KEYS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "num_candidates")
+
+
+@dataclass
+class PipelineOutput:
+    images: list[Image.Image]
+    pixels: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    tokens: torch.Tensor  # (B, h, w)
+
+
+class TextToImagePipeline:
+    """``pipe(["a large red circle at the top left"], num_images_per_prompt=4)`` -> PNG-ready images.
+
+    With a class-conditioned generator, pass ``class_labels`` instead of prompts (``prompt_encoder`` may be None).
+    """
+
+    def __init__(self, tokenizer, generator, prompt_encoder: PromptEncoder | None = None, defaults: dict | None = None):
+        if generator.config.condition == "prompt" and prompt_encoder is None:
+            raise ValueError("a prompt-conditioned generator needs a prompt_encoder")
+        self.tokenizer, self.generator, self.prompt_encoder = tokenizer.eval(), generator.eval(), prompt_encoder
+        unknown = set(defaults or {}) - set(SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling defaults {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
+        self.defaults = {"guidance_scale": 1.0, "guidance_schedule": "constant", "temperature": 1.0, "top_k": 0}
+        self.defaults |= {"top_p": 1.0, "num_candidates": 1, **(defaults or {})}
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    def to(self, device: str | torch.device) -> TextToImagePipeline:
+        for part in (self.tokenizer, self.generator, self.prompt_encoder):
+            if part is not None:
+                part.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        class_labels: list[int] | torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        use_cache: bool = True,
+        progress: bool = False,
+        **sampling,
+    ) -> PipelineOutput:
+        """Sampling keywords (``guidance_scale``, ``guidance_schedule``, ``temperature``, ``top_k``, ``top_p``,
+        ``num_candidates``) override the pipeline's defaults. Images come in prompt order, ``num_images_per_prompt``
+        per prompt."""
+        unknown = set(sampling) - set(SAMPLING_KEYS)
+        if unknown:
+            raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
+        sampling = self.defaults | sampling
+        candidates = int(sampling.pop("num_candidates"))
+        kind = self.generator.config.condition
+        if candidates < 1 or (candidates > 1 and kind != "prompt"):
+            raise ValueError(f"num_candidates must be >= 1 (> 1 only with prompts), got {candidates}")
+        if kind == "prompt":
+            if prompt is None:
+                raise ValueError("this pipeline's generator is prompt-conditioned: pass prompt=")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            wanted = [p for p in prompts for _ in range(num_images_per_prompt)]
+            condition = self.prompt_encoder([p for p in wanted for _ in range(candidates)])
+            batch = len(wanted) * candidates
+        elif kind == "class":
+            if class_labels is None:
+                raise ValueError("this pipeline's generator is class-conditioned: pass class_labels=")
+            labels = torch.as_tensor(class_labels, device=self.device).long()
+            condition = labels.repeat_interleave(num_images_per_prompt)
+            batch = len(condition)
+        else:
+            condition, batch = None, num_images_per_prompt
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        tokens = self.generator.generate(
+            condition,
+            batch_size=batch,
+            generator=generator,
+            use_cache=use_cache,
+            progress=progress,
+            **sampling,
+        )
+        pixels = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
+        if candidates > 1:
+            tokens, pixels = self._rerank(wanted, tokens, pixels, candidates)
+        arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
+        return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu())
+
+    def _rerank(
+        self, prompts: list[str], tokens: torch.Tensor, pixels: torch.Tensor, candidates: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keeps, per prompt, the candidate whose CLIP image embedding is closest to the prompt's text embedding."""
+        clip = self.prompt_encoder.clip
+        images = clip.encode_image(pixels * 2 - 1).view(len(prompts), candidates, -1)
+        texts = clip.encode_text(prompts)
+        best = torch.einsum("bkd,bd->bk", images, texts).argmax(dim=1)
+        rows = torch.arange(len(prompts), device=best.device) * candidates + best
+        return tokens[rows], pixels[rows]
+
+    # ---- folders -------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path, generator_dtype: torch.dtype | None = None) -> None:
+        """Writes the pipeline folder atomically (a temporary folder renamed into place). ``generator_dtype``
+        (e.g. ``torch.bfloat16``) stores the generator's weights at lower precision to halve the folder; they are
+        loaded back as float32."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".tmp_{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        index = {"_class_name": type(self).__name__, "defaults": self.defaults}
+        for name in ("tokenizer", "generator", "prompt_encoder"):
+            part = getattr(self, name)
+            if part is None:
+                index[name] = [None, None]
+                continue
+            if name == "generator" and generator_dtype is not None:
+                part = nn.Module.to(copy.deepcopy(part), generator_dtype)  # plain cast, no diffusers dtype warning
+            part.save_pretrained(tmp / name)
+            index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> TextToImagePipeline:
+        folder = Path(folder)
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a pipeline folder (no model_index.json); build the shipped one with `make assets` "
+                "or save one with TextToImagePipeline.save_pretrained"
+            )
+        index = json.loads(index_file.read_text())
+        if index.get("_class_name") != cls.__name__:
+            raise ValueError(f"{folder} holds a {index.get('_class_name')!r}, not a {cls.__name__}")
+        encoder = None
+        if index.get("prompt_encoder", [None])[0] is not None:
+            encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
+        pipe = cls(
+            load_tokenizer(folder / "tokenizer"),
+            load_generator(folder / "generator").float(),
+            encoder,
+            index.get("defaults"),
+        )
+        return pipe.to(device) if device is not None else pipe
+
+
+def save_grid(images: list[Image.Image], path: str | Path, per_row: int) -> None:
+    """Pastes equally sized images into one PNG, ``per_row`` to a row, 2 px apart."""
+    w, h = images[0].size
+    rows = -(-len(images) // per_row)
+    grid = Image.new("RGB", (per_row * (w + 2) - 2, rows * (h + 2) - 2), (255, 255, 255))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % per_row) * (w + 2), (i // per_row) * (h + 2)))
+    grid.save(path)

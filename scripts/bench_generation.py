@@ -1,0 +1,244 @@
+"""Benchmark text-to-image generation: prompt accuracy read back by the attribute grader, guidance sweep, Fréchet
+distance in CLIP image space, and sampling speed with and without the KV cache.
+
+    python scripts/bench_generation.py                       # shipped pipeline and grader -> benchmarks/generation.md
+    python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
+
+Prompts are captions of unseen scenes: "seen" ones use only (shape, colour) pairs seen in training, "held-out" ones
+each contain one pair never seen in training (``tokenizers_vis.data.HELDOUT_PAIRS``). A prompt is correct when
+the grader finds exactly the prompted objects, each in its cell with the right shape, colour and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from generators import TextToImagePipeline, grade, load_grader, save_grid
+from generators.evaluation import clip_score, frechet_distance
+from tokenizers_vis.data import SyntheticScenes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def prompts_of(split: str, count: int, seed: int) -> list[str]:
+    scenes = SyntheticScenes(count, 64, split=split, seed=seed + 1)  # seed + 1: not the grader's or CLIP's eval set
+    return [scenes.describe(i)["caption"] for i in range(count)]
+
+
+def generate(pipe, prompts: list[str], per_prompt: int, seed: int, chunk: int = 64, **sampling) -> torch.Tensor:
+    """(len(prompts) * per_prompt, 3, H, W) in [0, 1], prompt-major."""
+    out = []
+    for i in range(0, len(prompts), chunk):
+        out.append(pipe(prompts[i : i + chunk], num_images_per_prompt=per_prompt, seed=seed + i, **sampling).pixels)
+    return torch.cat(out)
+
+
+def score(grader, images: torch.Tensor, prompts: list[str], per_prompt: int) -> dict:
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    result = grade(grader, images * 2 - 1, repeated)
+    return {k: result[k] for k in ("accuracy", "shape", "color", "size", "position")}
+
+
+def timed_sampling(pipe, prompts: list[str], use_cache: bool, **sampling) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    tokens = pipe(prompts, seed=0, use_cache=use_cache, num_candidates=1, **sampling).tokens
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", type=Path, default=ROOT / "assets" / "pipeline")
+    p.add_argument("--grader", type=Path, default=ROOT / "assets" / "grader")
+    p.add_argument("--prompts", type=int, default=100, help="prompts per set (seen / held-out)")
+    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--scales", default="1,1.5,2,3,4,6", help="guidance scales for the sweep")
+    p.add_argument("--sweep-prompts", type=int, default=64)
+    p.add_argument("--real", type=int, default=1000, help="held-out real scenes for the Fréchet distance")
+    p.add_argument("--speed-images", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    pipe = TextToImagePipeline.from_pretrained(args.pipeline)
+    grader = load_grader(args.grader)
+    clip = pipe.prompt_encoder.clip
+    defaults = dict(pipe.defaults)
+    (args.out / "generation").mkdir(parents=True, exist_ok=True)
+    report: dict = {"defaults": defaults}
+
+    # the grader's own accuracy on real held-out scenes and on their tokenizer reconstructions
+    real_scenes = SyntheticScenes(args.real, 64, split="heldout", seed=args.seed + 1)
+    real = torch.stack([real_scenes[i]["image"] for i in range(args.real)])
+    real_prompts = [real_scenes.describe(i)["caption"] for i in range(args.real)]
+    with torch.no_grad():
+        recon = torch.cat(
+            [pipe.tokenizer.decode(pipe.tokenizer.encode(real[i : i + 256])) for i in range(0, len(real), 256)]
+        )
+    recon = (recon.clamp(-1, 1) + 1) / 2
+    real01 = (real + 1) / 2
+    report["grader_real"] = score(grader, real01[:500], real_prompts[:500], 1)
+    report["grader_reconstructed"] = score(grader, recon[:500], real_prompts[:500], 1)
+
+    # prompt accuracy at the pipeline's defaults
+    sets = {
+        "seen": prompts_of("heldout", args.prompts, args.seed),
+        "held-out": prompts_of("novel", args.prompts, args.seed),
+    }
+    generated = {}
+    for name, prompts in sets.items():
+        t0 = time.perf_counter()
+        generated[name] = generate(pipe, prompts, args.images_per_prompt, args.seed)
+        report[name] = score(grader, generated[name], prompts, args.images_per_prompt)
+        report[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(name, report[name])
+    if defaults["num_candidates"] > 1:  # the same prompts without CLIP re-ranking
+        t0 = time.perf_counter()
+        images = generate(pipe, sets["seen"], args.images_per_prompt, args.seed, num_candidates=1)
+        report["seen-single"] = score(grader, images, sets["seen"], args.images_per_prompt)
+        report["seen-single"]["seconds"] = round(time.perf_counter() - t0, 1)
+        print("seen, no re-ranking", report["seen-single"])
+
+    # guidance sweep on the seen prompts
+    sweep_prompts = sets["seen"][: args.sweep_prompts]
+    report["sweep"] = {}
+    for scale in [float(s) for s in args.scales.split(",")]:
+        images = generate(pipe, sweep_prompts, 1, args.seed, guidance_scale=scale)
+        report["sweep"][scale] = score(grader, images, sweep_prompts, 1)
+        report["sweep"][scale]["clip_score"] = clip_score(clip, images, sweep_prompts)
+        print("guidance", scale, report["sweep"][scale])
+
+    # distribution distance in the CLIP image space
+    fake = generated["seen"]
+    fake_prompts = [p for p in sets["seen"] for _ in range(args.images_per_prompt)]
+    report["fd_generated"] = frechet_distance(clip, real01, fake)
+    report["fd_reconstructed"] = frechet_distance(clip, real01[len(fake) :], recon[: len(fake)])
+    report["clip_score_generated"] = clip_score(clip, fake, fake_prompts)
+    report["clip_score_real"] = clip_score(clip, real01[: len(fake)], real_prompts[: len(fake)])
+
+    # sampling speed, greedy so the cached and uncached tokens can be compared exactly
+    speed_prompts = sets["seen"][: args.speed_images]
+    tokens_per_image = pipe.generator.num_tokens
+    timed_sampling(pipe, speed_prompts[:1], True, temperature=0.0)  # warm-up
+    t_cache, tok_cache = timed_sampling(pipe, speed_prompts, True, temperature=0.0)
+    t_plain, tok_plain = timed_sampling(pipe, speed_prompts, False, temperature=0.0)
+    n = len(speed_prompts)
+    report["speed"] = {
+        "images": n,
+        "tokens_per_image": tokens_per_image,
+        "cache_images_per_s": n / t_cache,
+        "cache_tokens_per_s": n * tokens_per_image / t_cache,
+        "no_cache_images_per_s": n / t_plain,
+        "no_cache_tokens_per_s": n * tokens_per_image / t_plain,
+        "speedup": t_plain / t_cache,
+        "identical_tokens": bool(torch.equal(tok_cache, tok_plain)),
+    }
+    print(report["speed"])
+
+    # one grid per showcase prompt (8 samples each)
+    showcase = sets["seen"][:4] + sets["held-out"][:4]
+    for i, prompt in enumerate(showcase):
+        kind = "seen" if i < 4 else "heldout"
+        save_grid(
+            pipe(prompt, num_images_per_prompt=8, seed=args.seed).images,
+            args.out / "generation" / f"{kind}_{i % 4}.png",
+            8,
+        )
+
+    write_markdown(args, report, showcase)
+    (args.out / "generation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_markdown(args, report: dict, showcase: list[str]) -> None:
+    d = report["defaults"]
+    lines = [
+        "# Text-to-image generation benchmark",
+        "",
+        "Command: `python scripts/bench_generation.py`  ",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch CPU threads, torch {torch.__version__}, "
+        "fp32.  ",
+        f"Pipeline: `{args.pipeline.relative_to(ROOT) if args.pipeline.is_relative_to(ROOT) else args.pipeline}`, "
+        f"sampling defaults {json.dumps(d)}.",
+        "",
+        "## Prompt accuracy",
+        "",
+        f"{args.prompts} prompts per set, {args.images_per_prompt} images each. Correct = the grader reads back "
+        "exactly the prompted objects (shape, colour, size, cell), nothing more.",
+        "",
+        "| prompts | accuracy | shape | colour | size | position | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {"seen": "seen combinations", "held-out": "held-out combinations", "seen-single": "seen, 1 candidate"}
+    for name in [n for n in labels if n in report]:
+        r = report[name]
+        lines.append(
+            f"| {labels[name]} | {pct(r['accuracy'])} | {pct(r['shape'])} | {pct(r['color'])} | {pct(r['size'])} "
+            f"| {pct(r['position'])} | {r['seconds']} |"
+        )
+    for name, key in (("real held-out scenes", "grader_real"), ("tokenizer reconstructions", "grader_reconstructed")):
+        r = report[key]
+        lines.append(
+            f"| grader on {name} (reference) | {pct(r['accuracy'])} | {pct(r['shape'])} | {pct(r['color'])} "
+            f"| {pct(r['size'])} | {pct(r['position'])} | |"
+        )
+    lines += [
+        "",
+        f"## Guidance sweep ({args.sweep_prompts} seen prompts, 1 image each, other settings at their defaults)",
+        "",
+        "| guidance scale | accuracy | shape | colour | size | position | CLIP score |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scale, r in report["sweep"].items():
+        lines.append(
+            f"| {scale:g} | {pct(r['accuracy'])} | {pct(r['shape'])} | {pct(r['color'])} | {pct(r['size'])} "
+            f"| {pct(r['position'])} | {r['clip_score']:.2f} |"
+        )
+    s = report["speed"]
+    lines += [
+        "",
+        "## Fréchet distance in the project CLIP's image space",
+        "",
+        "| images | FD to real held-out scenes | CLIP score |",
+        "|---|---|---|",
+        f"| generated (seen prompts) | {report['fd_generated']:.4f} | {report['clip_score_generated']:.2f} |",
+        f"| tokenizer reconstructions (floor) | {report['fd_reconstructed']:.4f} | |",
+        f"| real scenes | | {report['clip_score_real']:.2f} |",
+        "",
+        f"## Sampling speed ({s['images']} images of {s['tokens_per_image']} tokens, greedy, guidance on)",
+        "",
+        "| | images/s | tokens/s |",
+        "|---|---|---|",
+        f"| KV cache | {s['cache_images_per_s']:.2f} | {s['cache_tokens_per_s']:.0f} |",
+        f"| no cache | {s['no_cache_images_per_s']:.2f} | {s['no_cache_tokens_per_s']:.0f} |",
+        "",
+        f"KV cache speed-up: **{s['speedup']:.1f}×**; identical greedy tokens: {s['identical_tokens']}.",
+        "",
+        "## Samples",
+        "",
+    ]
+    for i, prompt in enumerate(showcase):
+        kind = "seen" if i < 4 else "heldout"
+        lines += [
+            f"**{prompt}** ({'seen' if i < 4 else 'held-out'} combinations)",
+            "",
+            f"![](generation/{kind}_{i % 4}.png)",
+            "",
+        ]
+    (args.out / "generation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

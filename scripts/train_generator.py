@@ -1,0 +1,61 @@
+"""Train the text-to-image next-token generator on tokens of a trained tokenizer.
+
+    accelerate launch scripts/train_generator.py                                   # shipped tokenizer + CLIP
+    accelerate launch scripts/train_generator.py --tokenizer runs/tok/model --steps 500 --output-dir runs/gen
+    accelerate launch scripts/train_generator.py --config my_run.yaml --resume
+
+The scenes are tokenized once and cached (``--cache-dir``); a killed run continues with the same command plus
+``--resume``. Sample grids (``samples_*.png``) are written every ``--sample-every`` steps; the final pipeline folder
+(tokenizer + generator + prompt encoder) lands in ``<output-dir>/pipeline`` for ``scripts/generate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from generators import GeneratorTrainConfig, list_generators, train_generator
+
+SAMPLING_FLAGS = {"guidance_scale": float, "guidance_schedule": str, "temperature": float, "top_k": int, "top_p": float}
+
+
+def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON or YAML file with GeneratorTrainConfig fields; flags override it")
+    p.add_argument("--preset", choices=list_generators())
+    p.add_argument("--tokenizer", help="saved tokenizer folder")
+    p.add_argument("--prompt-encoder", help="saved CLIP / prompt-encoder folder")
+    for name in ("resolution", "steps", "batch_size", "train_samples", "eval_samples", "save_every", "sample_every"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    for name in ("seed", "warmup_steps", "cpu_threads"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
+    for name in ("lr", "weight_decay"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"))
+    p.add_argument("--pipeline-dtype", choices=("float32", "bfloat16"), help="generator weights in pipeline/")
+    # sampling defaults stored in the pipeline (scripts/generate.py and pipe(...) use them unless overridden)
+    for name, kind in SAMPLING_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help="sampling default")
+    p.add_argument("--output-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    args = vars(p.parse_args(argv))
+    sampling = {k: v for k in SAMPLING_FLAGS if (v := args.pop(k)) is not None}
+    overrides = {k: v for k, v in args.items() if v is not None and k != "config"}
+    if args["config"]:
+        cfg = GeneratorTrainConfig.from_file(args["config"], **overrides)
+    else:
+        cfg = GeneratorTrainConfig(**overrides)
+    cfg.sampling_defaults = {**cfg.sampling_defaults, **sampling}
+    return cfg
+
+
+def main() -> None:
+    metrics = train_generator(parse_args())
+    if metrics:
+        keys = ("heldout_loss", "heldout_token_accuracy", "steps", "wall_seconds", "params")
+        print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Text-to-image pipeline folders, the generator training loop and the generate.py CLI, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator, train_generator
+from generators.grading import grade, load_grader
+from tokenizers_vis import create_tokenizer
+from tokenizers_vis.clip import CLIPEncoder
+from tokenizers_vis.data import SyntheticScenes
+
+ROOT = Path(__file__).resolve().parent.parent
+# Bars for the shipped pipeline on 24 held-out-split prompts with its default sampling: measured 17-25 % exact
+# prompts, shape 35-41 %, colour 100 %, size 96-100 %, position 100 % (three prompt sets; benchmarks/generation.md
+# has the 200-image numbers), minus a margin for the small sample. Shape is the open problem (chance: 1/6).
+MIN_SHIPPED = {"accuracy": 0.08, "shape": 0.25, "color": 0.9, "size": 0.85, "position": 0.9}
+PROMPTS = [
+    "a large red circle at the top left",
+    "a small blue star at the center and a large white square at the right",
+]
+
+
+def tiny_parts():
+    torch.manual_seed(0)
+    tokenizer = create_tokenizer("vq-f8-tiny").eval()
+    clip = CLIPEncoder.create(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
+    encoder = PromptEncoder(clip)
+    generator = create_generator(
+        "nt-tiny",
+        codebook_size=tokenizer.codebook_size,
+        grid_size=(4, 4),
+        prompt_dim=encoder.dim,
+        prompt_length=encoder.max_length,
+    )
+    return tokenizer, generator, encoder
+
+
+@pytest.fixture(scope="module")
+def saved_parts(tmp_path_factory):
+    """A tiny tokenizer and prompt encoder saved as folders, as a training run would find them."""
+    root = tmp_path_factory.mktemp("parts")
+    tokenizer, _, encoder = tiny_parts()
+    tokenizer.save_pretrained(root / "tokenizer")
+    encoder.save_pretrained(root / "clip")
+    return root
+
+
+def test_pipeline_generates_and_round_trips(tmp_path):
+    pipe = TextToImagePipeline(*tiny_parts(), defaults={"guidance_scale": 2.0, "top_k": 20})
+    out = pipe(PROMPTS, num_images_per_prompt=3, seed=5)
+    assert out.tokens.shape == (6, 4, 4) and out.pixels.shape == (6, 3, 32, 32)
+    assert len(out.images) == 6 and out.images[0].size == (32, 32)
+    assert 0 <= out.pixels.min() and out.pixels.max() <= 1
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["generator"] == ["generators", "NextTokenGenerator"]
+    assert index["tokenizer"] == ["tokenizers_vis", "ImageTokenizer"]
+    assert index["defaults"]["guidance_scale"] == 2.0
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "pipe")
+    again = loaded(PROMPTS, num_images_per_prompt=3, seed=5)
+    assert torch.equal(again.tokens, out.tokens)
+    assert torch.equal(again.pixels, out.pixels)
+    # sampling arguments override the stored defaults
+    greedy = loaded(PROMPTS, temperature=0.0)
+    assert torch.equal(greedy.tokens, loaded(PROMPTS, temperature=0.0, seed=9).tokens)
+
+
+def test_clip_reranking_keeps_the_best_candidate():
+    pipe = TextToImagePipeline(*tiny_parts(), defaults={"top_k": 20})
+    # one image from 3 candidates draws the same batch as 3 images from 1 candidate each
+    all_three = pipe(PROMPTS, num_images_per_prompt=3, seed=2)
+    best = pipe(PROMPTS, num_candidates=3, seed=2)
+    assert best.tokens.shape == (2, 4, 4) and len(best.images) == 2
+    clip = pipe.prompt_encoder.clip
+    sims = clip.encode_image(all_three.pixels * 2 - 1).view(2, 3, -1) @ clip.encode_text(PROMPTS)[:, :, None]
+    chosen = sims.squeeze(-1).argmax(dim=1)
+    for i in range(2):
+        assert torch.equal(best.tokens[i], all_three.tokens[3 * i + chosen[i]])
+    with pytest.raises(ValueError, match="num_candidates"):
+        pipe(PROMPTS, num_candidates=0)
+
+
+def test_pipeline_refuses_bad_calls(tmp_path):
+    pipe = TextToImagePipeline(*tiny_parts())
+    with pytest.raises(ValueError, match="pass prompt="):
+        pipe()
+    with pytest.raises(TypeError, match="accepted: guidance_scale"):
+        pipe(PROMPTS, guidance=3)
+    with pytest.raises(ValueError, match="needs a prompt_encoder"):
+        TextToImagePipeline(*tiny_parts()[:2])
+    with pytest.raises(FileNotFoundError, match="make assets"):
+        TextToImagePipeline.from_pretrained(tmp_path)
+
+
+def test_train_generator_writes_a_pipeline_and_resumes_exactly(saved_parts, tmp_path):
+    base = dict(
+        tokenizer=str(saved_parts / "tokenizer"),
+        prompt_encoder=str(saved_parts / "clip"),
+        preset="nt-tiny",
+        resolution=32,
+        train_samples=64,
+        eval_samples=16,
+        batch_size=8,
+        save_every=3,
+        sample_every=3,
+        cache_dir=str(tmp_path / "cache"),
+        mixed_precision="no",
+    )
+    straight = train_generator(GeneratorTrainConfig(**base, steps=6, output_dir=str(tmp_path / "a")))
+    out = tmp_path / "a"
+    assert straight["trained_steps_this_run"] == 6 and straight["grid"] == [4, 4]
+    assert 0 < straight["heldout_token_accuracy"] <= 1
+    assert (out / "samples_000003.png").is_file() and (out / "samples.png").is_file()
+    assert len(list((tmp_path / "cache").glob("tokens-*.pt"))) == 2  # train + held-out, tokenized once
+
+    train_generator(GeneratorTrainConfig(**base, steps=3, output_dir=str(tmp_path / "b")))
+    resumed = train_generator(GeneratorTrainConfig(**base, steps=6, output_dir=str(tmp_path / "b"), resume=True))
+    assert resumed["trained_steps_this_run"] == 3
+    a = TextToImagePipeline.from_pretrained(out / "pipeline")
+    b = TextToImagePipeline.from_pretrained(tmp_path / "b" / "pipeline")
+    for (name, pa), pb in zip(a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_generate_cli_end_to_end(tmp_path):
+    TextToImagePipeline(*tiny_parts()).save_pretrained(tmp_path / "pipe")
+    cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), "--pipeline", str(tmp_path / "pipe")]
+    cmd += ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num-images", "2", "--top-p", "0.9"]
+    cmd += ["--out", str(tmp_path / "out"), "--seed", "3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""}, check=True)
+    printed = [Path(line) for line in result.stdout.splitlines() if line.endswith(".png")]
+    assert len(printed) == 5  # 2 prompts x 2 images + grid
+    assert all(p.is_file() for p in printed)
+    assert Image.open(tmp_path / "out" / "grid.png").size == (2 * 32 + 2, 2 * 32 + 2)
+    assert (tmp_path / "out" / "a_large_red_circle_at_the_top_left_1.png").is_file()
+
+
+def test_shipped_pipeline_follows_prompts():
+    pipe = TextToImagePipeline.from_pretrained(ROOT / "assets" / "pipeline")
+    scenes = SyntheticScenes(24, 64, split="heldout", seed=11)
+    prompts = [scenes.describe(i)["caption"] for i in range(len(scenes))]
+    out = pipe(prompts, seed=0)
+    assert out.tokens.shape == (24, 16, 16)
+    scores = grade(load_grader(ROOT / "assets" / "grader"), out.pixels * 2 - 1, prompts)
+    for name, bar in MIN_SHIPPED.items():
+        assert scores[name] >= bar, (name, scores[name])
