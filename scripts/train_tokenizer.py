@@ -3,6 +3,7 @@
     accelerate launch scripts/train_tokenizer.py                       # default preset on synthetic scenes
     accelerate launch scripts/train_tokenizer.py --data photos --output-dir runs/photos
     accelerate launch scripts/train_tokenizer.py --config my_run.yaml --steps 500
+    accelerate launch scripts/train_tokenizer.py --semantic-teacher clip --semantic-weight 0.5   # GigaTok-style
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_tokenizer.py   # 2 CPU procs
 
 A run killed mid-way continues from its last checkpoint with the same command plus ``--resume``.
@@ -40,20 +41,29 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "cpu_threads",
     ):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    for name in ("lr", "gan_weight", "lpips_weight", "weight_decay"):
+    p.add_argument(
+        "--semantic-teacher",
+        help="frozen teacher for semantic regularization: clip (the project's CLIP), a CLIP folder, "
+        "timm:<name>, timm:<name>@<checkpoint>, open_clip:<name>:<tag>",
+    )
+    p.add_argument("--semantic-layer", choices=("decoder", "encoder"), help="tokenizer feature aligned to it")
+    for name in ("lr", "gan_weight", "lpips_weight", "weight_decay", "semantic_weight"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"))
     p.add_argument("--output-dir")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
     args = vars(p.parse_args(argv))
 
-    overrides = {k: v for k, v in args.items() if v is not None and k not in ("config", "quantizer", "codebook_size")}
+    model_flags = ("quantizer", "codebook_size", "semantic_layer")
+    overrides = {k: v for k, v in args.items() if v is not None and k != "config" and k not in model_flags}
     cfg = TrainConfig.from_file(args["config"], **overrides) if args["config"] else TrainConfig(**overrides)
     model_overrides = dict(cfg.model_overrides)
     if args["quantizer"]:
         model_overrides["quantizer_type"] = args["quantizer"]
     if args["codebook_size"]:
         model_overrides["codebook_size"] = args["codebook_size"]
+    if args["semantic_layer"]:
+        model_overrides["semantic_layer"] = args["semantic_layer"]
     return dataclasses.replace(cfg, model_overrides=model_overrides)
 
 

@@ -36,6 +36,18 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def _run(layers: nn.Sequential, x: torch.Tensor, feature_index: int | None):
+    """``layers(x)``, plus the output of layer ``feature_index`` when it is given."""
+    if feature_index is None:
+        return layers(x)
+    feature = None
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i == feature_index:
+            feature = x
+    return x, feature
+
+
 def num_levels(downsample_factor: int) -> int:
     """Feature levels for a downsampling factor: the pixel-unshuffle gives x2, each level after the first x2."""
     if downsample_factor not in (4, 8, 16, 32):
@@ -69,11 +81,13 @@ class Encoder(nn.Module):
             if level > 0:
                 layers.append(nn.Conv2d(channels[level - 1], ch, 4, stride=2, padding=1))
             layers += [ResBlock(ch, norm_groups) for _ in range(num_res_blocks)]
+        self.feature_index, self.feature_channels = len(layers) - 1, channels[-1]  # the deepest feature map
         layers += [_norm(channels[-1], norm_groups), nn.SiLU(), nn.Conv2d(channels[-1], out_channels, 1)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, return_feature: bool = False):
+        """``return_feature=True`` also returns the deepest feature map (B, channels[-1], H/f, W/f)."""
+        return _run(self.layers, x, self.feature_index if return_feature else None)
 
 
 class Decoder(nn.Module):
@@ -103,6 +117,8 @@ class Decoder(nn.Module):
                     nn.Conv2d(rev[level - 1], ch, 3, padding=1),
                 ]
             layers += [ResBlock(ch, norm_groups) for _ in range(num_res_blocks)]
+            if level == 0:  # the first stage, at the latent resolution: the feature used for semantic alignment
+                self.feature_index, self.feature_channels = len(layers) - 1, ch
         layers += [
             _norm(rev[-1], norm_groups),
             nn.SiLU(),
@@ -116,5 +132,6 @@ class Decoder(nn.Module):
         """Weight of the output conv, used for the GAN loss's adaptive weight."""
         return self.layers[-2].weight
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
+    def forward(self, z: torch.Tensor, return_feature: bool = False):
+        """``return_feature=True`` also returns the first-stage feature map (B, channels[-1], h, w)."""
+        return _run(self.layers, z, self.feature_index if return_feature else None)

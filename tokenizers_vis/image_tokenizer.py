@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from einops import rearrange
+from torch import nn
 
 from .convnets import Decoder, Encoder
+from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
 
 RECON_LOSSES = ("l1", "l2", "l1+l2")
+SEMANTIC_LAYERS = ("decoder", "encoder")
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -32,6 +35,11 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
 
     ``forward`` returns ``(reconstruction, losses)``: ``losses["loss"]`` is the weighted total to
     back-propagate; the other entries are its parts and detached codebook statistics.
+
+    Semantic regularization (GigaTok): with ``semantic_dim`` > 0, a small 1x1-conv MLP projects an intermediate
+    feature map (the decoder's first stage by default, or the encoder's deepest level) to ``semantic_dim``
+    channels, and ``forward(images, semantic_target)`` adds ``semantic_weight * (1 - cos)`` against a frozen
+    teacher's patch features (:mod:`tokenizers_vis.teacher`). The projection is only used in training.
     """
 
     @register_to_config
@@ -48,13 +56,21 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         quantizer_kwargs: dict | None = None,
         recon_loss: str = "l2",
         quantizer_weight: float = 1.0,
+        semantic_dim: int = 0,
+        semantic_layer: str = "decoder",
+        semantic_weight: float = 0.5,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
+        if semantic_layer not in SEMANTIC_LAYERS:
+            raise ValueError(f"unknown semantic_layer {semantic_layer!r}; accepted: {', '.join(SEMANTIC_LAYERS)}")
         self.encoder = Encoder(embed_dim, downsample_factor, tuple(channels), encoder_res_blocks, norm_groups)
         self.decoder = Decoder(embed_dim, downsample_factor, tuple(channels), decoder_res_blocks, norm_groups)
         self.quantizer = build_quantizer(quantizer_type, embed_dim, codebook_size, **(quantizer_kwargs or {}))
+        if semantic_dim > 0:
+            width = getattr(self, semantic_layer).feature_channels
+            self.semantic_proj = nn.Sequential(nn.Conv2d(width, width, 1), nn.SiLU(), nn.Conv2d(width, semantic_dim, 1))
 
     @property
     def codebook_size(self) -> int:
@@ -70,7 +86,9 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     def quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """(B, 3, H, W) -> quantized latents (B, D, h, w) and the quantizer's output (indices (B, h*w[, Q]))."""
         self._check_images(images)
-        z = self.encoder(images)
+        return self._quantize(self.encoder(images))
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         h, w = z.shape[-2:]
         out = self.quantizer(rearrange(z, "b d h w -> b (h w) d"))
         return rearrange(out.quantized, "b (h w) d -> b d h w", h=h, w=w), out
@@ -91,15 +109,25 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         codes = self.quantizer.codes(indices.reshape(b, h * w, *indices.shape[3:]))
         return self.decode_latents(rearrange(codes, "b (h w) d -> b d h w", h=h, w=w))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z, out = self.quantize(images)
-        recon = self.decode_latents(z)
+    def forward(
+        self, images: torch.Tensor, semantic_target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``semantic_target``: teacher patch features (B, N, semantic_dim) for the semantic loss, or None."""
+        self._check_images(images)
+        if semantic_target is not None and self.config.semantic_dim <= 0:
+            raise ValueError("a semantic_target needs a tokenizer built with semantic_dim > 0 (the teacher's width)")
+        semantic = semantic_target is not None
+        encoded = self.encoder(images, return_feature=semantic and self.config.semantic_layer == "encoder")
+        z, out = self._quantize(encoded[0] if isinstance(encoded, tuple) else encoded)
+        decoded = self.decoder(z, return_feature=semantic and self.config.semantic_layer == "decoder")
+        recon = (decoded[0] if isinstance(decoded, tuple) else decoded).float()
         rec = reconstruction_loss(recon, images, self.config.recon_loss)
-        losses = {
-            "loss": rec + self.config.quantizer_weight * out.aux_loss,
-            "recon": rec.detach(),
-            "quantizer": out.aux_loss.detach(),
-            "usage": out.usage,
-            "perplexity": out.perplexity,
-        }
+        total = rec + self.config.quantizer_weight * out.aux_loss
+        losses = {"recon": rec.detach(), "quantizer": out.aux_loss.detach()}
+        if semantic:
+            feature = (encoded if self.config.semantic_layer == "encoder" else decoded)[1]
+            sem = semantic_alignment_loss(self.semantic_proj(feature), semantic_target)
+            total = total + self.config.semantic_weight * sem
+            losses["semantic"] = sem.detach()
+        losses |= {"loss": total, "usage": out.usage, "perplexity": out.perplexity}
         return recon, losses

@@ -1,6 +1,8 @@
-"""Adversarial and perceptual losses for tokenizer training."""
+"""Adversarial, perceptual and semantic-alignment losses for tokenizer training."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -59,3 +61,18 @@ def build_lpips(net: str = "vgg") -> nn.Module:
     for p in metric.parameters():
         p.requires_grad_(False)
     return metric.eval()
+
+
+def semantic_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity, averaged over tokens. ``student`` (B, D, h, w) projected tokenizer features are
+    resized to the teacher's g x g grid; ``teacher`` (B, g * g, D)."""
+    b, n, d = teacher.shape
+    g = math.isqrt(n)
+    if student.shape[:2] != (b, d):
+        raise ValueError(
+            f"student features {tuple(student.shape)} do not match teacher features {tuple(teacher.shape)}"
+        )
+    if student.shape[-2:] != (g, g):
+        student = F.interpolate(student.float(), size=(g, g), mode="bilinear", align_corners=False)
+    student = student.flatten(2).transpose(1, 2)
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()

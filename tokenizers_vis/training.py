@@ -27,6 +27,7 @@ from .data import build_dataset, collate_images
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
 from .metrics import evaluate_tokenizer
 from .registry import DEFAULT_PRESET, create_tokenizer
+from .teacher import load_teacher
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainConfig:
     gan_weight: float = 0.0  # PatchGAN hinge loss, 0 disables it
     gan_start: int = 2000
     lpips_weight: float = 0.0  # needs pretrained LPIPS weights, refused clearly offline
+    semantic_teacher: str = ""  # "" = off; see tokenizers_vis.teacher.load_teacher for the accepted forms
+    semantic_weight: float = 0.5  # weight of 1 - cos(projected tokenizer feature, teacher feature)
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     output_dir: str = "runs/tokenizer"
     save_every: int = 500
@@ -230,7 +233,12 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    model = model if model is not None else create_tokenizer(cfg.preset, **cfg.model_overrides)
+    teacher = load_teacher(cfg.semantic_teacher).to(accelerator.device) if cfg.semantic_teacher else None
+    if model is None:
+        semantic = {"semantic_dim": teacher.dim, "semantic_weight": cfg.semantic_weight} if teacher else {}
+        model = create_tokenizer(cfg.preset, **{**semantic, **cfg.model_overrides})
+    elif teacher is not None and getattr(model.config, "semantic_dim", 0) != teacher.dim:
+        raise ValueError(f"the model's semantic_dim must equal the teacher's feature width {teacher.dim}")
     model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
 
@@ -265,8 +273,9 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     model.train()
     for step in bar:
         x = source.batch(step).to(accelerator.device).contiguous(memory_format=torch.channels_last)
+        semantic = {"semantic_target": teacher(x)} if teacher is not None else {}
         with accelerator.autocast():
-            recon, losses = model(x)
+            recon, losses = model(x, **semantic)
             loss = losses["loss"]
             if use_lpips:
                 loss = loss + cfg.lpips_weight * lpips(recon.float().clamp(-1, 1), x.float())
@@ -311,6 +320,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             rank_param_checksums=checksums,
             data=cfg.data,
             preset=cfg.preset,
+            semantic_teacher=teacher.name if teacher is not None else None,
             skipped_files=source.skipped,
             cpu_threads=torch.get_num_threads(),
         )
