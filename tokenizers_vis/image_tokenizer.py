@@ -29,6 +29,21 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) ->
     raise ValueError(f"unknown reconstruction loss {kind!r}; accepted: {', '.join(RECON_LOSSES)}")
 
 
+def reconstruction_losses(
+    recon: torch.Tensor, target: torch.Tensor, kind: str, out: QuantizerOutput, quantizer_weight: float
+) -> dict[str, torch.Tensor]:
+    """The losses dict every tokenizer's ``forward`` returns: ``loss`` (pixel loss + weighted quantizer loss, to
+    back-propagate), its detached parts and the batch's codebook statistics."""
+    rec = reconstruction_loss(recon, target, kind)
+    return {
+        "loss": rec + quantizer_weight * out.aux_loss,
+        "recon": rec.detach(),
+        "quantizer": out.aux_loss.detach(),
+        "usage": out.usage,
+        "perplexity": out.perplexity,
+    }
+
+
 class ImageTokenizer(ModelMixin, ConfigMixin):
     """Images in [-1, 1], (B, 3, H, W) with H and W divisible by ``downsample_factor``, to a grid of
     discrete indices (B, H/f, W/f) (residual VQ: (B, H/f, W/f, Q)) and back.
@@ -121,13 +136,10 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         z, out = self._quantize(encoded[0] if isinstance(encoded, tuple) else encoded)
         decoded = self.decoder(z, return_feature=semantic and self.config.semantic_layer == "decoder")
         recon = (decoded[0] if isinstance(decoded, tuple) else decoded).float()
-        rec = reconstruction_loss(recon, images, self.config.recon_loss)
-        total = rec + self.config.quantizer_weight * out.aux_loss
-        losses = {"recon": rec.detach(), "quantizer": out.aux_loss.detach()}
+        losses = reconstruction_losses(recon, images, self.config.recon_loss, out, self.config.quantizer_weight)
         if semantic:
             feature = (encoded if self.config.semantic_layer == "encoder" else decoded)[1]
             sem = semantic_alignment_loss(self.semantic_proj(feature), semantic_target)
-            total = total + self.config.semantic_weight * sem
+            losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
             losses["semantic"] = sem.detach()
-        losses |= {"loss": total, "usage": out.usage, "perplexity": out.perplexity}
         return recon, losses

@@ -7,10 +7,15 @@ from pathlib import Path
 
 from diffusers import ModelMixin
 
+from .dual_tokenizer import DualTokenizer
 from .image_tokenizer import ImageTokenizer
+from .titok import OneDTokenizer
+from .video_tokenizer import VideoTokenizer
 
 # Classes that `load_tokenizer` can rebuild from a saved folder, keyed by config.json's `_class_name`.
-TOKENIZER_CLASSES: dict[str, type[ModelMixin]] = {"ImageTokenizer": ImageTokenizer}
+TOKENIZER_CLASSES: dict[str, type[ModelMixin]] = {
+    cls.__name__: cls for cls in (ImageTokenizer, DualTokenizer, OneDTokenizer, VideoTokenizer)
+}
 
 _F8 = dict(downsample_factor=8, channels=(64, 128, 256))
 PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {

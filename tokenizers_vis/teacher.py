@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -42,7 +43,15 @@ class SemanticTeacher(nn.Module):
         name: description for logs and error messages.
     """
 
-    def __init__(self, model, features, image_size: int, mean, std, name: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        features: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        name: str,
+    ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self._features = features

@@ -1,4 +1,5 @@
-"""Datasets: captioned synthetic scenes, bundled real-photo patches, and user image folders / shards."""
+"""Datasets: captioned synthetic scenes and moving-shape videos, bundled real-photo patches, and user image folders /
+shards."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ from .scenes import (
     scene_labels,
     uint8_to_tensor,
 )
+from .videos import DIRECTIONS, MovingShapes, make_video_caption, render_video, sample_video
 
 __all__ = [
     "COLORS",
+    "DIRECTIONS",
     "HELDOUT_PAIRS",
     "IMAGE_EXTENSIONS",
     "PHOTO_FILES",
@@ -43,6 +46,7 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "ImageFolderDataset",
+    "MovingShapes",
     "PhotoPatches",
     "SyntheticScenes",
     "WebDatasetShards",
@@ -52,9 +56,12 @@ __all__ = [
     "in_holdout",
     "load_photo",
     "make_caption",
+    "make_video_caption",
     "render_scene",
+    "render_video",
     "resolve_shards",
     "sample_scene",
+    "sample_video",
     "scene_labels",
     "to_rgb",
     "uint8_to_tensor",
