@@ -1,60 +1,207 @@
-"""Benchmark: our default tokenizer against diffusers' VQModel of about the same size.
+"""Benchmark the tokenizer family on the synthetic scenes, or our default tokenizer against diffusers' VQModel.
 
-Both are trained in this run on the same data, for the same steps, with the same optimiser, schedule
-and precision, then compared on held-out PSNR, SSIM, codebook usage and encode+decode speed.
+Family (default): every image tokenizer is trained in this run with the same loop, data, seed, optimiser, schedule
+and number of steps, at 64x64 with about 64 tokens per image, then compared on held-out PSNR, SSIM, codebook usage,
+a linear probe of the scene attributes from frozen quantized features (:mod:`tokenizers_vis.probe`), the Fréchet
+distance between CLIP image embeddings of originals and reconstructions, and encode+decode speed (ratio against the
+plain vq2d row). The video tokenizer is trained on 17-frame moving-shape clips; its PSNR / SSIM / usage are on
+held-out clips, its probe, FD and speed on images (one-frame videos).
 
-    python scripts/bench_tokenizer.py                 # writes benchmarks/tokenizer.md
-    python scripts/bench_tokenizer.py --steps 300 --data photos
+    python scripts/bench_tokenizer.py                       # writes benchmarks/tokenizer.md
+    python scripts/bench_tokenizer.py --reuse --rows vq2d dual   # reuse finished runs in --output-dir
+    python scripts/bench_tokenizer.py --peer                # ours vs diffusers VQModel -> benchmarks/tokenizer_peer.md
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
+from generators.evaluation import frechet_distance
 from tokenizers_vis import TrainConfig, create_tokenizer, load_tokenizer, train_tokenizer
 from tokenizers_vis.baselines import DiffusersVQTokenizer
-from tokenizers_vis.data import build_dataset
+from tokenizers_vis.clip import DEFAULT_CLIP, load_clip
+from tokenizers_vis.data import build_dataset, collate_images
+from tokenizers_vis.metrics import codebook_sizes, reconstruct
+from tokenizers_vis.probe import linear_probe, probe_latents
 from tokenizers_vis.training import materialize
+
+# name -> (preset, TrainConfig fields, model overrides)
+ROWS: dict[str, tuple[str, dict, dict]] = {
+    "vq2d": ("vq-f8", {}, {}),
+    "vq2d+clip-dec": ("vq-f8", {"semantic_teacher": "clip"}, {}),
+    "vq2d+clip-enc": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "encoder"}),
+    "vq2d+clip-q": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "quantized"}),
+    "vq2d+grader-dec": ("vq-f8", {"semantic_teacher": "assets/grader"}, {}),
+    "vq2d+grader-q": ("vq-f8", {"semantic_teacher": "assets/grader"}, {"semantic_layer": "quantized"}),
+    "dual": ("dual-f8", {"semantic_teacher": "clip"}, {}),
+    "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
+    "vq1d-32": ("vq1d-32", {}, {}),
+    "vq1d-64": ("vq1d-64", {}, {}),
+    # the `--tokenizer video` defaults of scripts/train_tokenizer.py
+    "video": (
+        "video-f8t4",
+        {
+            "data": "videos",
+            "train_samples": 4000,
+            "batch_size": 8,
+            "image_batch_size": 16,
+            "eval_samples": 128,
+            "steps": 2400,
+        },
+        {},
+    ),
+}
 
 
 @torch.no_grad()
-def images_per_second(model, images: torch.Tensor, repeats: int = 3) -> float:
-    """Encode + decode throughput (fp32, no grad), best of ``repeats``."""
+def items_per_second(model, x: torch.Tensor, repeats: int = 3) -> float:
+    """Encode + decode throughput (fp32, no grad) in items of ``x`` per second, best of ``repeats``."""
     model.eval()
-    model.decode(model.encode(images[:8]))  # warm-up
+    reconstruct(model, x[:2])  # warm-up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        model.decode(model.encode(images))
+        reconstruct(model, x)
         best = min(best, time.perf_counter() - start)
-    return len(images) / best
+    return len(x) / best
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--data", default="scenes")
-    p.add_argument("--output-dir", default="runs/bench_tokenizer")
-    p.add_argument("--table", default="benchmarks/tokenizer.md")
-    p.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
-    args = p.parse_args()
+def labelled_scenes(split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = next(iter(DataLoader(build_dataset("scenes", split, 64, count, seed), count, collate_fn=collate_images)))
+    return batch["image"], batch["labels"]
 
-    base = TrainConfig(steps=args.steps, data=args.data, save_every=10**9, cpu_threads=args.cpu_threads)
-    ours = create_tokenizer(base.preset)
-    peer = DiffusersVQTokenizer(num_vq_embeddings=ours.codebook_size)
+
+def token_budget(model, image: torch.Tensor) -> tuple[int, float]:
+    """(tokens per image, bits per image) from the index shapes of one image."""
+    codes = model.encode(image[None])
+    codes = codes if isinstance(codes, tuple) else (codes,)
+    tokens = [c[0].numel() for c in codes]
+    return sum(tokens), sum(n * math.log2(size) for n, size in zip(tokens, codebook_sizes(model), strict=True))
+
+
+def family(args: argparse.Namespace) -> None:
+    base = TrainConfig(steps=args.steps, save_every=10**9, cpu_threads=args.cpu_threads, seed=args.seed)
+    heldout = materialize(build_dataset("scenes", "heldout", 64, args.eval_images, base.seed), 0, "held-out")
+    probe_train, probe_train_labels = labelled_scenes("train", args.probe_train, base.seed + 1)
+    probe_test, probe_test_labels = labelled_scenes("heldout", args.probe_test, base.seed)
+    clip = load_clip(DEFAULT_CLIP)
     rows = []
-    heldout = materialize(build_dataset(args.data, "heldout", base.resolution, 256, base.seed), 0, "held-out")
-    for name, model in (("ours (" + base.preset + ")", ours), ("diffusers VQModel", peer)):
+    for name in args.rows:
+        preset, fields, overrides = ROWS[name]
+        out = Path(args.output_dir) / name
+        cfg = dataclasses.replace(base, preset=preset, output_dir=str(out), model_overrides=overrides, **fields)
+        if not (args.reuse and (out / "metrics.json").is_file()):
+            train_tokenizer(cfg)
+        metrics = json.loads((out / "metrics.json").read_text())
+        model = load_tokenizer(out / "model")
+        recon = torch.cat([reconstruct(model, heldout[i : i + 128]).clamp(-1, 1) for i in range(0, len(heldout), 128)])
+        recon = recon.reshape(heldout.shape)  # the video tokenizer returns one-frame videos
+        probe = linear_probe(
+            probe_latents(model, probe_train), probe_train_labels, probe_latents(model, probe_test), probe_test_labels
+        )
+        tokens, bits = token_budget(model, heldout[0])
+        row = {
+            **metrics,
+            "name": name,
+            "preset": preset,
+            "batch": cfg.batch_size,
+            "clip_frames": (cfg.frames, cfg.eval_frames),
+            "stills": cfg.image_batch_size,
+            "eval_samples": cfg.eval_samples,
+            "tokens": tokens,
+            "bits": bits,
+        }
+        row.update(
+            probe=probe,
+            fd_clip=frechet_distance(clip, (heldout + 1) / 2, (recon + 1) / 2),
+            speed=items_per_second(model, heldout[:128]),
+        )
+        if cfg.data == "videos":
+            clips = materialize(build_dataset("videos", "heldout", 64, 8, base.seed, frames=17), 0, "clips")
+            row["frames_per_second"] = items_per_second(model, clips) * clips.shape[1]
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("name", "psnr", "ssim", "codebook_usage", "probe", "fd_clip")}))
+    write_family_table(rows, args, base)
+
+
+def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainConfig) -> None:
+    ref = next((r for r in rows if r["name"] == "vq2d"), rows[0])
+    header = (
+        "| tokenizer | preset | params (M) | tokens / image | bits / image | steps | PSNR (dB) | SSIM | codebook usage "
+        "| probe mean | probe shape / colour / size | FD (CLIP) | train wall (s) | enc+dec img/s | speed ratio |"
+    )
+    lines = [header, "|" + "---|" * 15]
+    for r in rows:
+        p = r["probe"]
+        usage = f"{r['codebook_usage']:.3f}"
+        if "codebook_usage_each" in r:
+            usage += " (" + " / ".join(f"{u:.2f}" for u in r["codebook_usage_each"]) + ")"
+        lines.append(
+            f"| {r['name']} | {r['preset']} | {r['params'] / 1e6:.2f} | {r['tokens']} | {r['bits']:.0f} | {r['steps']} "
+            f"| {r['psnr']:.2f} | {r['ssim']:.3f} | {usage} | {100 * p['mean']:.1f} | {100 * p['shape']:.1f} / "
+            f"{100 * p['color']:.1f} / {100 * p['size']:.1f} | {r['fd_clip']:.4f} | {r['wall_seconds']:.0f} | "
+            f"{r['speed']:.0f} | {r['speed'] / ref['speed']:.2f}x |"
+        )
+    video = [r for r in rows if r["data"] == "videos"]
+    notes = [
+        f"- {r['name']}: PSNR / SSIM / usage on {r['eval_samples']} held-out {r['clip_frames'][1]}-frame clips (all "
+        f"frames); trained {r['steps']} steps of {r['batch']} {r['clip_frames'][0]}-frame clips + {r['stills']} still "
+        f"scenes; encode+decode "
+        f"{r['frames_per_second']:.0f} frames/s on 17-frame clips."
+        for r in video
+    ]
+    text = "\n".join(
+        [
+            "# Tokenizer family benchmark",
+            "",
+            f"Synthetic scenes at 64x64; image tokenizers trained in this run with the same loop, seed {base.seed}, "
+            f"{base.steps} steps of batch {base.batch_size}, lr {base.lr}, cosine schedule, mixed precision "
+            f"{rows[0]['mixed_precision']}. PSNR / SSIM / usage on {base.eval_samples} held-out scenes. Probe: "
+            f"logistic regression of shape / colour / size per 3x3 cell from frozen quantized features, fitted on "
+            f"{args.probe_train} training scenes and scored on the occupied cells of {args.probe_test} held-out "
+            f"scenes. FD: Fréchet distance between the shipped CLIP's image embeddings of {args.eval_images} held-out "
+            f"scenes and of their reconstructions. Speed: encode+decode of 128 images, fp32, ratio against vq2d. "
+            f"'+clip-…' / '+grader-…': semantic regularization with the shipped CLIP image tower / the attribute "
+            f"grader (supervised on the scene attributes) as teacher, aligned from the decoder's first stage (dec), "
+            f"the encoder's last stage (enc) or the quantized latents (q); dual uses the teacher named likewise. "
+            f"Machine: {torch.get_num_threads()} CPU "
+            f"threads, CUDA: {torch.cuda.is_available()}.",
+            "",
+            *lines,
+            "",
+            *notes,
+            "",
+            f"Command: `python scripts/bench_tokenizer.py --steps {args.steps} --rows {' '.join(args.rows)} "
+            f"--cpu-threads {args.cpu_threads}`",
+            "",
+        ]
+    )
+    print(text)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.table).write_text(text)
+    Path(args.table).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+def peer(args: argparse.Namespace) -> None:
+    """Our default tokenizer against diffusers' VQModel of about the same size, same loop and steps."""
+    base = TrainConfig(steps=args.steps, save_every=10**9, cpu_threads=args.cpu_threads, seed=args.seed)
+    ours = create_tokenizer(base.preset)
+    other = DiffusersVQTokenizer(num_vq_embeddings=ours.codebook_size)
+    rows = []
+    heldout = materialize(build_dataset("scenes", "heldout", base.resolution, 256, base.seed), 0, "held-out")
+    for name, model in (("ours (" + base.preset + ")", ours), ("diffusers VQModel", other)):
         out = Path(args.output_dir) / ("ours" if model is ours else "diffusers")
         metrics = train_tokenizer(dataclasses.replace(base, output_dir=str(out)), model=model)
         trained = load_tokenizer(out / "model") if model is ours else model
-        rows.append(dict(name=name, speed=images_per_second(trained, heldout), **metrics))
-
+        rows.append(dict(name=name, speed=items_per_second(trained, heldout), **metrics))
     ref = rows[1]
     header = (
         "| tokenizer | params (M) | PSNR (dB) | SSIM | codebook usage | perplexity | train wall (s) "
@@ -67,27 +214,49 @@ def main() -> None:
             f"{r['codebook_usage']:.3f} | {r['perplexity']:.0f} | {r['wall_seconds']:.0f} | "
             f"{r['speed']:.0f} | {r['speed'] / ref['speed']:.2f}x |"
         )
-    ratio = rows[0]["wall_seconds"] / ref["wall_seconds"]
     text = "\n".join(
         [
-            "# Tokenizer benchmark",
+            "# Tokenizer benchmark: ours vs diffusers VQModel",
             "",
-            f"Data: `{args.data}` at {base.resolution}x{base.resolution}, f=8, {base.steps} steps of batch "
-            f"{base.batch_size}, lr {base.lr}, mixed precision {rows[0]['mixed_precision']}, both models trained "
-            f"in the same run with the same loop; held-out metrics on {base.eval_samples} images. "
-            f"Train wall-time ratio ours / diffusers: {ratio:.2f}. Speed ratio is against diffusers' VQModel. "
+            f"Synthetic scenes at 64x64, f=8, {base.steps} steps of batch {base.batch_size}, lr {base.lr}, mixed "
+            f"precision {rows[0]['mixed_precision']}, both trained in the same run with the same loop; held-out "
+            f"metrics on {base.eval_samples} images. Train wall-time ratio ours / diffusers: "
+            f"{rows[0]['wall_seconds'] / ref['wall_seconds']:.2f}. Speed ratio is against diffusers' VQModel. "
             f"Machine: {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}.",
             "",
             *lines,
             "",
-            f"Command: `python scripts/bench_tokenizer.py --steps {args.steps} --data {args.data} "
+            f"Command: `python scripts/bench_tokenizer.py --peer --steps {args.steps} "
             f"--cpu-threads {args.cpu_threads}`",
             "",
         ]
     )
     print(text)
-    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.table).write_text(text)
+    Path(args.peer_table).write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer", action="store_true", help="ours vs diffusers VQModel instead of the family table")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(ROWS),
+        default=["vq2d", "vq2d+clip-dec", "vq2d+grader-q", "dual", "vq1d-32", "video"],
+    )
+    p.add_argument("--steps", type=int, default=1000, help="training steps of every image tokenizer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true", help="reuse rows whose run in --output-dir has finished")
+    p.add_argument("--eval-images", type=int, default=512)
+    p.add_argument("--probe-train", type=int, default=2000)
+    p.add_argument("--probe-test", type=int, default=1000)
+    p.add_argument("--output-dir", default="runs/bench_tokenizer")
+    p.add_argument("--table", default="benchmarks/tokenizer.md")
+    p.add_argument("--peer-table", default="benchmarks/tokenizer_peer.md")
+    p.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
+    args = p.parse_args()
+    torch.set_num_threads(args.cpu_threads or torch.get_num_threads())
+    peer(args) if args.peer else family(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tokenizers_vis.clip import CLIPEncoder
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -13,3 +15,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory):
+    """A tiny randomly initialised project CLIP saved to a folder (a semantic teacher for tests)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clip")
+    CLIPEncoder.create(
+        vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1
+    ).save_pretrained(folder)
+    return folder

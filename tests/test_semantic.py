@@ -1,5 +1,5 @@
-"""Semantic regularization: frozen teachers (project CLIP, timm by name or local checkpoint), the alignment loss,
-the tokenizer's projection, and the training loop with a teacher."""
+"""Semantic regularization: frozen teachers (project CLIP, attribute grader, timm by name or local checkpoint), the
+alignment loss, the tokenizer's projection, and the training loop with a teacher."""
 
 from __future__ import annotations
 
@@ -10,19 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from tokenizers_vis import TrainConfig, create_tokenizer, load_tokenizer, train_tokenizer
-from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.losses import semantic_alignment_loss
 from tokenizers_vis.teacher import load_teacher
-
-TINY_CLIP = dict(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("clip")
-    CLIPEncoder.create(**TINY_CLIP).save_pretrained(folder)
-    return folder
 
 
 def test_clip_teacher_is_frozen_and_resizes_inputs(clip_folder):
@@ -51,6 +40,22 @@ def test_timm_teacher_from_a_local_checkpoint(tmp_path):
     torch.testing.assert_close(feats, expected)
 
 
+def test_grader_teacher_gives_its_dense_feature_map(tmp_path):
+    from generators.grading import AttributeGrader
+
+    torch.manual_seed(0)
+    grader = AttributeGrader(channels=(8, 8, 16, 16))
+    grader.save_pretrained(tmp_path / "grader")
+    teacher = load_teacher(tmp_path / "grader")
+    teacher.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert (teacher.grid, teacher.dim) == (8, 16)  # stride-8 map of the last stage at 64x64
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = grader.eval().features(images).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(teacher(images), expected)
+
+
 def test_load_teacher_refuses_bad_specs_and_fails_clearly_offline(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="accepted"):
         load_teacher("resnet")
@@ -74,7 +79,7 @@ def test_alignment_loss_values():
         semantic_alignment_loss(student[:, :4], teacher)
 
 
-@pytest.mark.parametrize("layer", ["decoder", "encoder"])
+@pytest.mark.parametrize("layer", ["decoder", "encoder", "quantized"])
 def test_tokenizer_learns_to_align_with_a_fixed_target(layer):
     torch.manual_seed(0)
     model = create_tokenizer("vq-f8-tiny", semantic_dim=12, semantic_layer=layer)

@@ -14,7 +14,7 @@ from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
 
 RECON_LOSSES = ("l1", "l2", "l1+l2")
-SEMANTIC_LAYERS = ("decoder", "encoder")
+SEMANTIC_LAYERS = ("decoder", "encoder", "quantized")
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -52,7 +52,8 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     back-propagate; the other entries are its parts and detached codebook statistics.
 
     Semantic regularization (GigaTok): with ``semantic_dim`` > 0, a small 1x1-conv MLP projects an intermediate
-    feature map (the decoder's first stage by default, or the encoder's deepest level) to ``semantic_dim``
+    feature map (``semantic_layer``: the decoder's first stage by default, the encoder's deepest level, or the
+    quantized latents themselves, which puts the teacher's information into the codes) to ``semantic_dim``
     channels, and ``forward(images, semantic_target)`` adds ``semantic_weight * (1 - cos)`` against a frozen
     teacher's patch features (:mod:`tokenizers_vis.teacher`). The projection is only used in training.
     """
@@ -84,8 +85,11 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         self.decoder = Decoder(embed_dim, downsample_factor, tuple(channels), decoder_res_blocks, norm_groups)
         self.quantizer = build_quantizer(quantizer_type, embed_dim, codebook_size, **(quantizer_kwargs or {}))
         if semantic_dim > 0:
-            width = getattr(self, semantic_layer).feature_channels
-            self.semantic_proj = nn.Sequential(nn.Conv2d(width, width, 1), nn.SiLU(), nn.Conv2d(width, semantic_dim, 1))
+            width = embed_dim if semantic_layer == "quantized" else getattr(self, semantic_layer).feature_channels
+            hidden = max(width, 128)
+            self.semantic_proj = nn.Sequential(
+                nn.Conv2d(width, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, semantic_dim, 1)
+            )
 
     @property
     def codebook_size(self) -> int:
@@ -138,7 +142,8 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         recon = (decoded[0] if isinstance(decoded, tuple) else decoded).float()
         losses = reconstruction_losses(recon, images, self.config.recon_loss, out, self.config.quantizer_weight)
         if semantic:
-            feature = (encoded if self.config.semantic_layer == "encoder" else decoded)[1]
+            layer = self.config.semantic_layer
+            feature = z if layer == "quantized" else (encoded if layer == "encoder" else decoded)[1]
             sem = semantic_alignment_loss(self.semantic_proj(feature), semantic_target)
             losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
             losses["semantic"] = sem.detach()

@@ -1,35 +1,58 @@
-"""Reconstruction and codebook metrics over a held-out set."""
+"""Reconstruction and codebook metrics over a held-out set, for every tokenizer family."""
 
 from __future__ import annotations
 
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from .quantizers import code_histogram, usage_stats
+from .quantizers import QuantizerOutput, code_histogram, usage_stats
+
+
+def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
+    """``decode(encode(x))`` for any project tokenizer (the dual tokenizer's encode returns two index grids)."""
+    codes = model.encode(x)
+    return model.decode(*codes) if isinstance(codes, tuple) else model.decode(codes)
+
+
+def codebook_sizes(model) -> tuple[int, ...]:
+    """Sizes of the model's codebooks, in the order its ``quantize`` returns their outputs."""
+    return tuple(model.codebook_sizes) if hasattr(model, "codebook_sizes") else (model.codebook_size,)
+
+
+def code_streams(model, x: torch.Tensor) -> list[QuantizerOutput]:
+    """The quantizer outputs (indices (B, N) or (B, N, Q)) of every codebook of ``model`` for ``x``."""
+    return [o for o in model.quantize(x) if isinstance(o, QuantizerOutput)]
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model, images: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
-    """PSNR / SSIM (images mapped to [0, 1]), codebook usage and perplexity of ``model`` on
-    held-out ``images`` (N, 3, H, W) in [-1, 1]. ``model`` is any project tokenizer."""
+def evaluate_tokenizer(model, images: torch.Tensor, batch_size: int = 128) -> dict:
+    """PSNR / SSIM (images mapped to [0, 1]), codebook usage and perplexity of ``model`` on held-out ``images``
+    (N, 3, H, W) or videos (N, T, 3, H, W) in [-1, 1]; video metrics are over all frames. With several codebooks
+    (dual tokenizer) usage and perplexity are their means and ``codebook_usage_each`` lists them."""
     model.eval()
     device = next(model.parameters()).device
     psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False).to(device)  # evaluation is local to one rank
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False).to(device)
-    counts = None
+    sizes = codebook_sizes(model)
+    counts: list[torch.Tensor | None] = [None] * len(sizes)
+    if images.ndim == 5:  # keep the number of frames per batch about the same as for images
+        batch_size = max(1, batch_size // images.shape[1])
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
-        indices = model.encode(x)
-        recon = model.decode(indices).clamp(-1, 1)
-        psnr.update((recon + 1) / 2, (x + 1) / 2)
-        ssim.update((recon + 1) / 2, (x + 1) / 2)
-        flat = indices.reshape(indices.shape[0], -1, *indices.shape[3:])
-        hist = code_histogram(flat, model.codebook_size)
-        counts = hist if counts is None else counts + hist
-    usage, perplexity = usage_stats(counts)
-    return {
+        recon = reconstruct(model, x).clamp(-1, 1)
+        frames, target = recon.reshape(-1, *recon.shape[-3:]), x.reshape(-1, *x.shape[-3:])
+        psnr.update((frames + 1) / 2, (target + 1) / 2)
+        ssim.update((frames + 1) / 2, (target + 1) / 2)
+        for k, (out, size) in enumerate(zip(code_streams(model, x), sizes, strict=True)):
+            hist = code_histogram(out.indices, size)
+            counts[k] = hist if counts[k] is None else counts[k] + hist
+    stats = [usage_stats(c) for c in counts]
+    metrics = {
         "psnr": float(psnr.compute()),
         "ssim": float(ssim.compute()),
-        "codebook_usage": float(usage),
-        "perplexity": float(perplexity),
+        "codebook_usage": float(sum(u for u, _ in stats) / len(stats)),
+        "perplexity": float(sum(p for _, p in stats) / len(stats)),
     }
+    if len(stats) > 1:
+        metrics["codebook_usage_each"] = [float(u) for u, _ in stats]
+    return metrics

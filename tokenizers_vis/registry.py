@@ -44,8 +44,45 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
             decoder_res_blocks=1,
         ),
     ),
+    # DualToken: 512 semantic (deepest level, aligned to the teacher) + 512 pixel (shallowest level) codes, f=8
+    "dual-f8": (DualTokenizer, dict(**_F8, pixel_codebook_size=512, semantic_codebook_size=512)),
+    # TiTok-style 1D tokens for 64x64 images; K is independent of the resolution
+    "vq1d-32": (OneDTokenizer, dict(num_tokens=32, codebook_size=1024)),
+    "vq1d-64": (OneDTokenizer, dict(num_tokens=64, codebook_size=1024)),
+    # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
+    "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
+    # tiny versions of each family, for tests and smoke runs
+    "dual-f8-tiny": (
+        DualTokenizer,
+        dict(channels=(16, 32, 32), norm_groups=8, embed_dim=8, pixel_codebook_size=32, semantic_codebook_size=32),
+    ),
+    "vq1d-tiny": (
+        OneDTokenizer,
+        dict(num_tokens=8, width=32, encoder_depth=1, decoder_depth=1, heads=2, head_channels=8, codebook_size=64),
+    ),
+    "video-tiny": (VideoTokenizer, dict(channels=(16, 32, 32), norm_groups=8, embed_dim=8, codebook_size=64)),
 }
 DEFAULT_PRESET = "vq-f8"
+
+# `--tokenizer` kinds of scripts/train_tokenizer.py: the class each accepts and its default preset
+KINDS: dict[str, tuple[type[ModelMixin], str]] = {
+    "vq2d": (ImageTokenizer, DEFAULT_PRESET),
+    "vq1d": (OneDTokenizer, "vq1d-32"),
+    "dual": (DualTokenizer, "dual-f8"),
+    "video": (VideoTokenizer, "video-f8t4"),
+}
+
+
+def preset_class(name: str) -> type[ModelMixin]:
+    """The tokenizer class a preset builds."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown tokenizer preset {name!r}; available: {', '.join(list_tokenizers())}")
+    return PRESETS[name][0]
+
+
+def preset_kind(name: str) -> str:
+    """The ``--tokenizer`` kind a preset belongs to."""
+    return next(kind for kind, (cls, _) in KINDS.items() if preset_class(name) is cls)
 
 
 def list_tokenizers() -> list[str]:

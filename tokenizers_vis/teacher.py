@@ -4,6 +4,10 @@ A teacher maps images (B, 3, H, W) in [-1, 1] to patch features (B, N, D) on a g
 and normalises inputs the way its model expects, stays in eval mode and never takes gradients. Sources:
 
 - ``"clip"`` (default) or a project CLIP folder: the image tower of the project's small CLIP, offline;
+- the project's attribute grader folder (``assets/grader``): a CNN supervised on the scenes' per-cell shape, colour
+  and size, whose stride-8 feature map is a dense, label-informed teacher (the offline stand-in for the supervised
+  ImageNet backbones used as teachers elsewhere). It also grades generated images, so do not judge a generator
+  built on a grader-aligned tokenizer with it;
 - ``"timm:<model name>"``: ``timm.create_model(name, pretrained=True)`` (needs the Hugging Face hub or a cache);
 - ``"timm:<model name>@<checkpoint file>"``: the same architecture with local weights (safetensors or a
   ``weights_only`` torch checkpoint, via timm's own loader);
@@ -15,6 +19,7 @@ with these features.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -27,7 +32,8 @@ from torch import nn
 from .clip import DEFAULT_CLIP, CLIPEncoder, load_clip
 
 TEACHER_FORMS = (
-    "'clip' (the project's CLIP), a CLIP folder, 'timm:<name>', 'timm:<name>@<checkpoint>', "
+    "'clip' (the project's CLIP), a CLIP folder, the attribute grader's folder, 'timm:<name>', "
+    "'timm:<name>@<checkpoint>', "
     "'open_clip:<name>:<pretrained tag>'"
 )
 
@@ -96,6 +102,18 @@ def _from_clip(clip: CLIPEncoder, name: str) -> SemanticTeacher:
     return SemanticTeacher(clip.model.visual, _clip_tokens, size, cfg["mean"], cfg["std"], name)
 
 
+def _grader_features(grader: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return grader.features(x)
+
+
+def _from_grader(folder: str) -> SemanticTeacher:
+    from generators.grading import AttributeGrader  # imported here: the grader lives with the generators
+
+    grader = AttributeGrader.from_pretrained(folder)
+    size = grader.config.resolution
+    return SemanticTeacher(grader, _grader_features, size, (0.5,) * 3, (0.5,) * 3, f"grader:{folder}")
+
+
 def _timm_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     feats = model.forward_features(x)
     if feats.ndim == 3:  # ViT-like: drop class / register tokens
@@ -132,6 +150,9 @@ def load_teacher(spec: str | os.PathLike = "clip") -> SemanticTeacher:
             raise FileNotFoundError(f"the project's CLIP is not at {DEFAULT_CLIP}; run `make assets` or pass a folder")
         return _from_clip(load_clip(DEFAULT_CLIP), f"clip:{DEFAULT_CLIP}")
     if Path(text).is_dir():
+        config = Path(text) / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AttributeGrader":
+            return _from_grader(text)
         return _from_clip(load_clip(text), f"clip:{text}")
     if text.startswith("timm:"):
         return _from_timm(text.removeprefix("timm:"))

@@ -76,8 +76,8 @@ def build_dataset(
     seed: int = 0,
     **kwargs: Any,
 ) -> Dataset:
-    """Dataset for ``source``: "scenes", "photos", an image directory, or .tar shards (path, glob or a
-    directory holding ``*.tar`` at its top level).
+    """Dataset for ``source``: "scenes", "photos", "videos" (moving shapes; items hold ``video`` instead of
+    ``image``), an image directory, or .tar shards (path, glob or a directory holding ``*.tar`` at its top level).
 
     ``num_samples`` (default 10000) and ``seed`` apply to the generated sources only; folders and shards
     have the size of their data and a fixed order. For those, ``split`` "heldout" is a deterministic 5 %
@@ -88,6 +88,8 @@ def build_dataset(
         return SyntheticScenes(10000 if num_samples is None else num_samples, resolution, split, seed, **kwargs)
     if source == "photos":
         return PhotoPatches(10000 if num_samples is None else num_samples, resolution, split, seed, **kwargs)
+    if source == "videos":
+        return MovingShapes(2000 if num_samples is None else num_samples, resolution, split=split, seed=seed, **kwargs)
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown split {split!r} for folders and shards; expected 'train' or 'heldout'")
     if os.path.isdir(source) and not glob.glob(os.path.join(glob.escape(source), "*.tar")):
@@ -95,14 +97,14 @@ def build_dataset(
     if os.path.isdir(source) or source.endswith(".tar") or any(c in source for c in "*?["):
         return WebDatasetShards(source, resolution, split=split, **kwargs)
     raise ValueError(
-        f"unknown dataset source {source!r}; expected 'scenes', 'photos', an existing directory of images, "
+        f"unknown dataset source {source!r}; expected 'scenes', 'photos', 'videos', an existing directory of images, "
         "or a path / glob pattern of .tar shards"
     )
 
 
 def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """DataLoader ``collate_fn``: tensors are stacked (``image`` -> (B, 3, H, W), ``labels`` ->
-    (B, max_objects, 4)), ints become a (B,) tensor, everything else (captions, paths) stays a list."""
+    """DataLoader ``collate_fn``: tensors are stacked (``image`` -> (B, 3, H, W), ``video`` -> (B, T, 3, H, W),
+    ``labels`` -> (B, max_objects, 4)), ints become a (B,) tensor, everything else (captions, paths) stays a list."""
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
