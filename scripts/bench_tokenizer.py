@@ -41,6 +41,12 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "vq2d+clip-q": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "quantized"}),
     "vq2d+grader-dec": ("vq-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq2d+grader-q": ("vq-f8", {"semantic_teacher": "assets/grader"}, {"semantic_layer": "quantized"}),
+    # the semantic loss (1 - cos, ~0.1-0.5) dwarfs the pixel MSE (~0.004): a small weight keeps the PSNR
+    "vq2d+grader-q-w.03": (
+        "vq-f8",
+        {"semantic_teacher": "assets/grader", "semantic_weight": 0.03},
+        {"semantic_layer": "quantized"},
+    ),
     "dual": ("dual-f8", {"semantic_teacher": "clip"}, {}),
     "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq1d-32": ("vq1d-32", {}, {}),
