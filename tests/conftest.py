@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,3 +29,13 @@ def clip_folder(tmp_path_factory):
         vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1
     ).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def train_cli():
+    """scripts/train_tokenizer.py as a module (its ``parse_args``)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("train_tokenizer_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,8 @@ from tokenizers_vis.registry import KINDS, preset_kind
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli_kinds", ROOT / "scripts" / "train_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(tmp_path):
-    cli = _load_cli()
+def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(train_cli, tmp_path):
+    cli = train_cli
     cfg = cli.parse_args(["--tokenizer", "video"])
     assert (cfg.preset, cfg.data, cfg.batch_size, cfg.image_batch_size) == ("video-f8t4", "videos", 8, 16)
     assert (cfg.frames, cfg.eval_frames) == (9, 17)

@@ -164,17 +164,8 @@ def test_lpips_is_used_or_refused_clearly():
         assert float(lpips(x, x)) < 1e-6
 
 
-def _load_cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_config_file_and_flags(tmp_path):
-    cli = _load_cli()
+def test_cli_config_file_and_flags(train_cli, tmp_path):
+    cli = train_cli
     (tmp_path / "run.json").write_text(json.dumps({"steps": 7, "data": "photos", "lr": 0.01}))
     cfg = cli.parse_args(["--config", str(tmp_path / "run.json"), "--steps", "9", "--quantizer", "fsq"])
     assert (cfg.steps, cfg.data, cfg.lr, cfg.model_overrides) == (9, "photos", 0.01, {"quantizer_type": "fsq"})

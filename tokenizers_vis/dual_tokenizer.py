@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .convnets import Decoder, ResBlock, _norm, num_levels
-from .image_tokenizer import RECON_LOSSES, reconstruction_loss
+from .image_tokenizer import RECON_LOSSES, check_image_batch, reconstruction_loss
 from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
 
@@ -113,11 +113,7 @@ class DualTokenizer(ModelMixin, ConfigMixin):
         return self.semantic_quantizer.codebook_size, self.pixel_quantizer.codebook_size
 
     def _check_images(self, images: torch.Tensor) -> None:
-        f = self.config.downsample_factor
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % f or images.shape[-2] % f:
-            raise ValueError(
-                f"expected images of shape (B, 3, H, W) with H and W divisible by {f}, got {tuple(images.shape)}"
-            )
+        check_image_batch(images, self.config.downsample_factor)
 
     @staticmethod
     def _quantize(quantizer, z: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:

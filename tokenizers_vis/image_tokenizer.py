@@ -29,6 +29,14 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) ->
     raise ValueError(f"unknown reconstruction loss {kind!r}; accepted: {', '.join(RECON_LOSSES)}")
 
 
+def check_image_batch(images: torch.Tensor, factor: int) -> None:
+    """Refuses anything but (B, 3, H, W) with H and W divisible by the tokenizer's downsampling ``factor``."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % factor or images.shape[-2] % factor:
+        raise ValueError(
+            f"expected images of shape (B, 3, H, W) with H and W divisible by {factor}, got {tuple(images.shape)}"
+        )
+
+
 def reconstruction_losses(
     recon: torch.Tensor, target: torch.Tensor, kind: str, out: QuantizerOutput, quantizer_weight: float
 ) -> dict[str, torch.Tensor]:
@@ -96,11 +104,7 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         return self.quantizer.codebook_size
 
     def _check_images(self, images: torch.Tensor) -> None:
-        f = self.config.downsample_factor
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % f or images.shape[-2] % f:
-            raise ValueError(
-                f"expected images of shape (B, 3, H, W) with H and W divisible by {f}, got {tuple(images.shape)}"
-            )
+        check_image_batch(images, self.config.downsample_factor)
 
     def quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """(B, 3, H, W) -> quantized latents (B, D, h, w) and the quantizer's output (indices (B, h*w[, Q]))."""
