@@ -13,6 +13,8 @@ where the next token goes (2D RoPE alone only gives relative offsets).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
@@ -28,7 +30,8 @@ Condition = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
 
 class NextTokenGenerator(ModelMixin, ConfigMixin):
-    """Autoregressive model of index grids ``(B, h, w)`` with ``h, w = grid_size``.
+    """Autoregressive model of index grids ``(B, *grid_size)`` in raster order: ``(h, w)`` for images, ``(t, h, w)``
+    for videos (frame by frame, each frame in raster order; RoPE then runs over (frame, row, col)).
 
     ``condition``: "prompt" (condition = prompt states ``(B, prompt_length, prompt_dim)``, or a ``(states, mask)``
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
@@ -56,9 +59,10 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
             raise ValueError(f"unknown condition {condition!r}; accepted: {', '.join(CONDITIONS)}")
         if condition == "class" and num_classes < 1:
             raise ValueError("condition='class' needs num_classes >= 1")
-        h, w = grid_size
+        if len(grid_size) not in (2, 3):
+            raise ValueError(f"grid_size must be (h, w) or (t, h, w), got {tuple(grid_size)}")
         self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token
-        self.target_pos = nn.Parameter(torch.randn(h * w, dim) * 0.02)
+        self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02)
         if condition == "class":
             self.class_embed = nn.Embedding(num_classes + 1, dim)  # the extra id is the null class
         elif condition == "prompt":
@@ -69,13 +73,13 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
             self.null_prefix = nn.Parameter(torch.randn(1, dim) * 0.02)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base)
         self.head = nn.Linear(dim, codebook_size, bias=False)
-        grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).flatten(0, 1)
-        self.register_buffer("grid_positions", grid, persistent=False)  # (N, 2)
+        axes = [torch.arange(n) for n in grid_size]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).flatten(0, -2)
+        self.register_buffer("grid_positions", grid, persistent=False)  # (N, len(grid_size))
 
     @property
     def num_tokens(self) -> int:
-        h, w = self.config.grid_size
-        return h * w
+        return math.prod(self.config.grid_size)
 
     @property
     def prefix_length(self) -> int:
@@ -134,17 +138,18 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         grid = tuple(self.config.grid_size)
-        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != grid:
+        if tuple(tokens.shape[1:]) != grid:
             raise ValueError(
-                f"expected token grids of shape (B, {grid[0]}, {grid[1]}), got {tuple(tokens.shape)}; residual / "
-                "multi-code tokenizers are not supported by the next-token generator"
+                f"expected token grids of shape (B, {', '.join(map(str, grid))}), got {tuple(tokens.shape)}; "
+                "residual / multi-code tokenizers are not supported by the next-token generator"
             )
 
     # ---- training ------------------------------------------------------------------------------------------------
 
-    def forward(self, tokens: torch.Tensor, condition: Condition = None) -> torch.Tensor:
-        """Teacher-forced logits ``(B, N, codebook_size)`` for index grids ``(B, h, w)``. In training mode a random
-        ``cond_dropout`` share of the samples sees the null condition."""
+    def forward(self, tokens: torch.Tensor, condition: Condition = None, return_loss: bool = False) -> torch.Tensor:
+        """Teacher-forced logits ``(B, N, codebook_size)`` for index grids ``(B, *grid_size)``, or with
+        ``return_loss`` the training loss (what training loops call, so DDP sees one forward). In training mode a
+        random ``cond_dropout`` share of the samples sees the null condition."""
         self._check_tokens(tokens)
         b = tokens.shape[0]
         flat = tokens.flatten(1)
@@ -155,12 +160,14 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
         held = torch.cat([start, flat[:, :-1]], dim=1)
         x = torch.cat([self.prefix(condition, b, null), self._token_slots(held, 0)], dim=1)
         h = self.transformer(x, self._positions(0, x.shape[1]))
-        return self.head(h[:, self.prefix_length :])
+        logits = self.head(h[:, self.prefix_length :])
+        if return_loss:
+            return F.cross_entropy(logits.float().flatten(0, 1), flat.flatten())
+        return logits
 
     def loss(self, tokens: torch.Tensor, condition: Condition = None) -> torch.Tensor:
         """Mean next-token cross-entropy."""
-        logits = self(tokens, condition)
-        return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+        return self(tokens, condition, return_loss=True)
 
     # ---- sampling ------------------------------------------------------------------------------------------------
 
@@ -178,7 +185,7 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
         use_cache: bool = True,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Samples index grids ``(B, h, w)``. ``temperature=0`` is greedy. ``guidance_scale`` != 1 runs the
+        """Samples index grids ``(B, *grid_size)``. ``temperature=0`` is greedy. ``guidance_scale`` != 1 runs the
         conditional and the null prefix side by side (batch 2B) and mixes their logits at every step, with the
         scale constant or ramped over the steps (``guidance_schedule``). ``use_cache=False`` recomputes the whole
         sequence at every step (same tokens, much slower; kept for checking and benchmarking the cache)."""

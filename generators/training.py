@@ -180,8 +180,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         states, _ = encoder([train["captions"][i] for i in idx.tolist()])
         with accelerator.autocast():
             # through the (possibly DDP-wrapped) forward, so gradients are all-reduced
-            logits = model(tokens, states)
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+            loss = model(tokens, states, return_loss=True)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.grad_clip:

@@ -47,6 +47,18 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
         {"semantic_teacher": "assets/grader", "semantic_weight": 0.03},
         {"semantic_layer": "quantized"},
     ),
+    "vq2d+grader-q-w.01": (
+        "vq-f8",
+        {"semantic_teacher": "assets/grader", "semantic_weight": 0.01},
+        {"semantic_layer": "quantized"},
+    ),
+    "vq2d+grader-q-w.003": (
+        "vq-f8",
+        {"semantic_teacher": "assets/grader", "semantic_weight": 0.003},
+        {"semantic_layer": "quantized"},
+    ),
+    # the same dual tokenizer with no teacher: the baseline of its semantic regularization
+    "dual-none": ("dual-f8", {"semantic_teacher": ""}, {}),
     "dual": ("dual-f8", {"semantic_teacher": "clip"}, {}),
     "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq1d-32": ("vq1d-32", {}, {}),
