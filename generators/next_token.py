@@ -22,14 +22,12 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from tqdm.auto import tqdm
 
+from .conditioning import Condition, PrefixConditioning
 from .sampling import guidance_at, guide, sample_logits
 from .transformer import Transformer
 
-CONDITIONS = ("prompt", "class", "none")
-Condition = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
-
-class NextTokenGenerator(ModelMixin, ConfigMixin):
+class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     """Autoregressive model of index grids ``(B, *grid_size)`` in raster order: ``(h, w)`` for images, ``(t, h, w)``
     for videos (frame by frame, each frame in raster order; RoPE then runs over (frame, row, col)).
 
@@ -55,22 +53,11 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
         rope_base: float = 100.0,
     ) -> None:
         super().__init__()
-        if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}; accepted: {', '.join(CONDITIONS)}")
-        if condition == "class" and num_classes < 1:
-            raise ValueError("condition='class' needs num_classes >= 1")
         if len(grid_size) not in (2, 3):
             raise ValueError(f"grid_size must be (h, w) or (t, h, w), got {tuple(grid_size)}")
         self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token
         self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02)
-        if condition == "class":
-            self.class_embed = nn.Embedding(num_classes + 1, dim)  # the extra id is the null class
-        elif condition == "prompt":
-            self.prompt_proj = nn.Linear(prompt_dim, dim)
-            self.prompt_pos = nn.Parameter(torch.randn(prompt_length, dim) * 0.02)
-            self.null_prompt = nn.Parameter(torch.randn(prompt_length, dim) * 0.02)
-        else:
-            self.null_prefix = nn.Parameter(torch.randn(1, dim) * 0.02)
+        self._init_conditioning(condition, dim, num_classes, prompt_dim, prompt_length)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base)
         self.head = nn.Linear(dim, codebook_size, bias=False)
         axes = [torch.arange(n) for n in grid_size]
@@ -81,46 +68,7 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
     def num_tokens(self) -> int:
         return math.prod(self.config.grid_size)
 
-    @property
-    def prefix_length(self) -> int:
-        return self.config.prompt_length if self.config.condition == "prompt" else 1
-
     # ---- sequence assembly ---------------------------------------------------------------------------------------
-
-    def prefix(self, condition: Condition, batch: int, null: torch.Tensor | None = None) -> torch.Tensor:
-        """Condition -> prefix embeddings ``(B, P, dim)``; rows where ``null`` (bool ``(B,)``) is True get the null
-        prefix (classifier-free guidance)."""
-        kind = self.config.condition
-        if kind == "none":
-            return self.null_prefix.expand(batch, -1, -1)
-        if condition is None:
-            raise ValueError(f"this generator is {kind}-conditioned: pass a condition (or use guidance's null)")
-        if kind == "class":
-            labels = condition.long()
-            if labels.shape != (batch,) or labels.min() < 0 or labels.max() >= self.config.num_classes:
-                raise ValueError(
-                    f"class condition must be labels of shape ({batch},) in [0, {self.config.num_classes}), "
-                    f"got shape {tuple(labels.shape)}"
-                )
-            if null is not None:
-                labels = labels.masked_fill(null, self.config.num_classes)
-            return self.class_embed(labels)[:, None]
-        states = condition[0] if isinstance(condition, tuple) else condition
-        expected = (batch, self.config.prompt_length, self.config.prompt_dim)
-        if tuple(states.shape) != expected:
-            raise ValueError(f"prompt states must have shape {expected}, got {tuple(states.shape)}")
-        prefix = self.prompt_proj(states.to(self.prompt_proj.weight.dtype)) + self.prompt_pos
-        if null is not None:
-            prefix = torch.where(null[:, None, None], self.null_prompt.to(prefix.dtype), prefix)
-        return prefix
-
-    def _null_prefix(self, batch: int) -> torch.Tensor:
-        if self.config.condition == "class":
-            labels = torch.full((batch,), self.config.num_classes, device=self.device)
-            return self.class_embed(labels)[:, None]
-        if self.config.condition == "prompt":
-            return self.null_prompt.expand(batch, -1, -1)
-        return self.null_prefix.expand(batch, -1, -1)
 
     def _positions(self, start: int, count: int) -> torch.Tensor:
         """RoPE coordinates of sequence slots ``[start, start + count)``: the prefix and the start token sit at the
@@ -153,9 +101,7 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
         self._check_tokens(tokens)
         b = tokens.shape[0]
         flat = tokens.flatten(1)
-        null = None
-        if self.training and self.config.condition != "none" and self.config.cond_dropout > 0:
-            null = torch.rand(b, device=tokens.device) < self.config.cond_dropout
+        null = self._training_null(b, tokens.device)
         start = torch.full((b, 1), self.config.codebook_size, device=tokens.device, dtype=torch.long)
         held = torch.cat([start, flat[:, :-1]], dim=1)
         x = torch.cat([self.prefix(condition, b, null), self._token_slots(held, 0)], dim=1)
@@ -189,10 +135,7 @@ class NextTokenGenerator(ModelMixin, ConfigMixin):
         conditional and the null prefix side by side (batch 2B) and mixes their logits at every step, with the
         scale constant or ramped over the steps (``guidance_schedule``). ``use_cache=False`` recomputes the whole
         sequence at every step (same tokens, much slower; kept for checking and benchmarking the cache)."""
-        if batch_size is None:
-            if condition is None:
-                raise ValueError("pass a condition or a batch_size")
-            batch_size = (condition[0] if isinstance(condition, tuple) else condition).shape[0]
+        batch_size = self._batch_of(condition, batch_size)
         guided = guidance_scale != 1.0 and self.config.condition != "none"
         prefix = self.prefix(condition, batch_size)
         if guided:
