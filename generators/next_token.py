@@ -9,6 +9,38 @@ guidance uses a learned null prefix, swapped in for a random ``cond_dropout`` sh
 
 Each input slot also gets a learned embedding of the grid position it must predict, so the model always knows
 where the next token goes (2D RoPE alone only gives relative offsets).
+
+**Mixture of objectives** (TokenUnify; config ``objectives``, e.g. ``{"next": 0.5, "random": 0.25,
+"next_all": 0.25}``, weights normalised; None = next-token only). Every training step (a forward with
+``return_loss=True`` in training mode) draws one objective from torch's global CPU RNG, so Accelerate's saved RNG
+state makes a resumed run draw the same sequence, and ranks seeded alike (``set_seed``) run the same objective:
+
+- ``next``: next-token cross-entropy; slot i holds token i - 1 (the start token for i = 0) and predicts token i.
+- ``random`` (random-token / masked prediction): full bidirectional attention; slot j holds token j, or the mask id
+  for a random share r ~ U(0.1, 1) of the slots (drawn per sample, at least one slot), plus target position j; the
+  loss covers the masked slots only. The mask id is the start token's id (``codebook_size``): no start token
+  appears in this layout, so no new embedding is needed. Shares from 10 % to everything masked span light
+  in-filling up to drawing the whole grid from the condition.
+- ``next_all`` (next-all-token): the ``next`` layout and causal attention, but each slot's target-position
+  embedding is that of a uniformly drawn position k >= i and the slot predicts token k, so the model learns to
+  predict any later token from the prefix.
+
+Sampling is always next-token generation; ``random`` and ``next_all`` only shape the representation.
+
+**Multi-token prediction** (config ``num_predict``): ``num_predict - 1`` extra heads on the final hidden states;
+head m predicts the token m places after the slot's target (token i + m at slot i in the ``next`` layout; k + m in
+``next_all``). Each is a residual SwiGLU block (pre-norm, the decoder's MLP width) followed by its own norm and
+projection to the codebook, so the heads share the trunk but not the main head. The loss adds the mean of the
+extra heads' cross-entropies (over slots whose token m ahead exists) to the main one; ``random`` steps train no
+extra head. ``generate`` uses the heads for **self-verification** (blockwise parallel decoding, Stern et al.
+2018): the main head's token and the extra heads' argmax proposals for the tokens after it are fed in one forward,
+the main head's choices on that block are drawn (guided, filtered, sampled or greedy exactly as in plain
+decoding), proposals are accepted up to the first one that differs from the main head's choice, that choice is
+accepted too, and the KV cache is rolled back to the accepted length; the extra heads on the last accepted slot
+give the next proposals. Every emitted token is thus the main head's own choice given the emitted prefix: greedy
+output equals one-token-at-a-time decoding, and sampled output has the same distribution (a proposal is accepted
+only when it equals the sample drawn at its position; the random stream differs, so seeded samples differ).
+A batch advances by the shortest accepted block of its rows, which keeps one cache for all rows.
 """
 
 from __future__ import annotations
@@ -24,7 +56,24 @@ from tqdm.auto import tqdm
 
 from .conditioning import Condition, PrefixConditioning
 from .sampling import guidance_at, guide, sample_logits
-from .transformer import Transformer
+from .transformer import SwiGLU, Transformer
+
+OBJECTIVES = ("next", "random", "next_all")
+MIN_MASK_SHARE = 0.1
+
+
+class LookaheadHead(nn.Module):
+    """Extra multi-token-prediction head: residual SwiGLU block on the final hidden states, then its own
+    projection to the codebook."""
+
+    def __init__(self, dim: int, hidden: int, codebook_size: int) -> None:
+        super().__init__()
+        self.norm, self.out_norm = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
+        self.mlp = SwiGLU(dim, hidden)
+        self.proj = nn.Linear(dim, codebook_size, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.out_norm(h + self.mlp(self.norm(h))))
 
 
 class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
@@ -33,7 +82,7 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
 
     ``condition``: "prompt" (condition = prompt states ``(B, prompt_length, prompt_dim)``, or a ``(states, mask)``
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
-    ``[0, num_classes)``) or "none".
+    ``[0, num_classes)``) or "none". ``objectives`` and ``num_predict``: see the module docstring.
     """
 
     @register_to_config
@@ -51,22 +100,51 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         prompt_length: int = 32,
         cond_dropout: float = 0.1,
         rope_base: float = 100.0,
+        objectives: dict[str, float] | None = None,
+        num_predict: int = 1,
     ) -> None:
         super().__init__()
         if len(grid_size) not in (2, 3):
             raise ValueError(f"grid_size must be (h, w) or (t, h, w), got {tuple(grid_size)}")
-        self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token
+        if not 1 <= num_predict <= math.prod(grid_size):
+            raise ValueError(f"num_predict must be in [1, {math.prod(grid_size)}] (the grid's size), got {num_predict}")
+        self._objective_names, self._objective_weights = self._parse_objectives(objectives)
+        self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token (and the mask)
         self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02)
         self._init_conditioning(condition, dim, num_classes, prompt_dim, prompt_length)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base)
         self.head = nn.Linear(dim, codebook_size, bias=False)
+        hidden = self.transformer.blocks[0].mlp.down.in_features
+        self.extra_heads = nn.ModuleList(LookaheadHead(dim, hidden, codebook_size) for _ in range(num_predict - 1))
         axes = [torch.arange(n) for n in grid_size]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).flatten(0, -2)
         self.register_buffer("grid_positions", grid, persistent=False)  # (N, len(grid_size))
 
+    @staticmethod
+    def _parse_objectives(objectives: dict[str, float] | None) -> tuple[list[str], torch.Tensor | None]:
+        if objectives is None:
+            return ["next"], None
+        unknown = sorted(set(objectives) - set(OBJECTIVES))
+        if unknown:
+            raise ValueError(f"unknown objective(s) {', '.join(unknown)}; accepted: {', '.join(OBJECTIVES)}")
+        names = [name for name in OBJECTIVES if name in objectives]  # saved configs sort keys: draws must not care
+        weights = torch.tensor([float(objectives[name]) for name in names], dtype=torch.float64)
+        if not len(weights) or not weights.isfinite().all() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(
+                f"objective weights must be finite, >= 0 and not all 0, got {objectives}; "
+                f"accepted names: {', '.join(OBJECTIVES)}"
+            )
+        return names, weights / weights.sum()
+
     @property
     def num_tokens(self) -> int:
         return math.prod(self.config.grid_size)
+
+    def draw_objective(self) -> str:
+        """The objective of one training step, drawn from torch's global CPU RNG (what a training forward does)."""
+        if self._objective_weights is None:
+            return "next"
+        return self._objective_names[int(torch.multinomial(self._objective_weights, 1))]
 
     # ---- sequence assembly ---------------------------------------------------------------------------------------
 
@@ -97,23 +175,78 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     def forward(self, tokens: torch.Tensor, condition: Condition = None, return_loss: bool = False) -> torch.Tensor:
         """Teacher-forced logits ``(B, N, codebook_size)`` for index grids ``(B, *grid_size)``, or with
         ``return_loss`` the training loss (what training loops call, so DDP sees one forward). In training mode a
-        random ``cond_dropout`` share of the samples sees the null condition."""
+        random ``cond_dropout`` share of the samples sees the null condition, and the loss is that of the step's
+        drawn objective (next-token outside training)."""
         self._check_tokens(tokens)
-        b = tokens.shape[0]
+        b, n = tokens.shape[0], self.num_tokens
         flat = tokens.flatten(1)
         null = self._training_null(b, tokens.device)
+        objective = self.draw_objective() if return_loss and self.training else "next"
+        prefix = self.prefix(condition, b, null)
+        if objective == "random":
+            return self._random_token_loss(prefix, flat)
         start = torch.full((b, 1), self.config.codebook_size, device=tokens.device, dtype=torch.long)
         held = torch.cat([start, flat[:, :-1]], dim=1)
-        x = torch.cat([self.prefix(condition, b, null), self._token_slots(held, 0)], dim=1)
-        h = self.transformer(x, self._positions(0, x.shape[1]))
-        logits = self.head(h[:, self.prefix_length :])
-        if return_loss:
-            return F.cross_entropy(logits.float().flatten(0, 1), flat.flatten())
-        return logits
+        if objective == "next":
+            targets = torch.arange(n, device=tokens.device).expand(b, n)
+            slots = self._token_slots(held, 0)
+        else:
+            targets = self._future_targets(b, tokens.device)
+            slots = self.token_embed(held) + self.target_pos[targets]
+        x = torch.cat([prefix, slots], dim=1)
+        h = self.transformer(x, self._positions(0, x.shape[1]))[:, self.prefix_length :]
+        logits = self.head(h)
+        if not return_loss:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), flat.gather(1, targets).flatten())
+        if len(self.extra_heads):
+            loss = loss + self._lookahead_loss(h, flat, targets)
+        return loss
 
     def loss(self, tokens: torch.Tensor, condition: Condition = None) -> torch.Tensor:
-        """Mean next-token cross-entropy."""
+        """The training loss: the drawn objective's cross-entropy, plus the extra heads' (see the module docstring)."""
         return self(tokens, condition, return_loss=True)
+
+    def _future_targets(self, batch: int, device: torch.device) -> torch.Tensor:
+        """``next_all`` targets ``(B, N)``: slot i predicts a uniformly drawn position k in ``[i, N)``."""
+        n = self.num_tokens
+        slot = torch.arange(n, device=device)
+        ahead = (torch.rand(batch, n, device=device) * (n - slot)).long()
+        return (slot + ahead).clamp(max=n - 1)  # float rounding can reach n - slot
+
+    def _lookahead_loss(self, h: torch.Tensor, flat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean over the extra heads of their cross-entropy; head m at a slot predicts the token m places after the
+        slot's target, where that token exists."""
+        n = flat.shape[1]
+        losses = []
+        for m, head in enumerate(self.extra_heads, 1):
+            ahead = targets + m
+            valid = ahead < n
+            labels = flat.gather(1, ahead.clamp(max=n - 1))[valid]
+            total = F.cross_entropy(head(h[valid]).float(), labels, reduction="sum")
+            losses.append(total / valid.sum().clamp(min=1))  # next_all may leave a tiny batch no valid slot
+        return torch.stack(losses).mean()
+
+    def _random_token_hidden(self, prefix: torch.Tensor, flat: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Bidirectional hidden states ``(B, N, dim)`` of the ``random`` layout: slot j holds token j, or the mask
+        id where ``masked`` (bool ``(B, N)``), plus target position j."""
+        held = flat.masked_fill(masked, self.config.codebook_size)
+        x = torch.cat([prefix, self.token_embed(held) + self.target_pos], dim=1)
+        origin = self.grid_positions.new_zeros(self.prefix_length, self.grid_positions.shape[1])
+        positions = torch.cat([origin, self.grid_positions])
+        full = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)
+        return self.transformer(x, positions, attn_mask=full)[:, self.prefix_length :]
+
+    def _random_token_loss(self, prefix: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        b, n = flat.shape
+        share = torch.empty(b, 1, device=flat.device).uniform_(MIN_MASK_SHARE, 1.0)
+        rank = torch.rand(b, n, device=flat.device).argsort(1).argsort(1)
+        masked = rank < (share * n).ceil()  # exactly ceil(r * N) >= 1 masked slots per sample
+        h = self._random_token_hidden(prefix, flat, masked)
+        loss = F.cross_entropy(self.head(h[masked]).float(), flat[masked])
+        if len(self.extra_heads):  # zero-weight use, so DDP (find_unused_parameters=False) sees every parameter
+            loss = loss + 0.0 * sum(p.sum() for p in self.extra_heads.parameters())
+        return loss
 
     # ---- sampling ------------------------------------------------------------------------------------------------
 
@@ -130,32 +263,74 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         progress: bool = False,
-    ) -> torch.Tensor:
+        num_predict_used: int | None = None,
+        return_stats: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
         """Samples index grids ``(B, *grid_size)``. ``temperature=0`` is greedy. ``guidance_scale`` != 1 runs the
         conditional and the null prefix side by side (batch 2B) and mixes their logits at every step, with the
         scale constant or ramped over the steps (``guidance_schedule``). ``use_cache=False`` recomputes the whole
-        sequence at every step (same tokens, much slower; kept for checking and benchmarking the cache)."""
+        sequence at every step (same tokens, much slower; kept for checking and benchmarking the cache).
+
+        ``num_predict_used``: tokens proposed per forward with self-verification (the main head's plus
+        ``num_predict_used - 1`` extra heads'; default all of the model's ``num_predict``; 1 = plain next-token
+        decoding). ``return_stats`` also returns ``{"forward_passes": transformer forwards run}``."""
+        block = self.config.num_predict if num_predict_used is None else num_predict_used
+        if not 1 <= block <= self.config.num_predict:
+            raise ValueError(
+                f"num_predict_used must be in [1, {self.config.num_predict}] (this generator's num_predict), "
+                f"got {num_predict_used}"
+            )
         batch_size = self._batch_of(condition, batch_size)
         guided = guidance_scale != 1.0 and self.config.condition != "none"
         prefix = self.prefix(condition, batch_size)
         if guided:
             prefix = torch.cat([prefix, self._null_prefix(batch_size).to(prefix.dtype)])
-        rows = prefix.shape[0]
+        copies = prefix.shape[0] // batch_size
         n, p = self.num_tokens, self.prefix_length
-        held = torch.full((rows, 1), self.config.codebook_size, device=prefix.device, dtype=torch.long)
-        out = torch.empty(batch_size, n, dtype=torch.long, device=prefix.device)
-        cache = self.transformer.new_cache(rows, p + n, prefix.device, prefix.dtype) if use_cache else None
-        for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
-            if use_cache and i > 0:
-                x = self._token_slots(held[:, -1:], i)  # only the newest slot; the rest is in the cache
-            else:
-                x = torch.cat([prefix, self._token_slots(held, 0)], dim=1)
-            start = cache.length if use_cache else 0
-            h = self.transformer(x, self._positions(start, x.shape[1]), cache=cache)
-            logits = self.head(h[:, -1]).float()
-            if guided:
-                logits = guide(logits, guidance_at(guidance_scale, i, n, guidance_schedule))
-            token = sample_logits(logits, temperature, top_k, top_p, generator)
-            out[:, i] = token
-            held = torch.cat([held, token.repeat(rows // batch_size)[:, None]], dim=1)
-        return out.view(batch_size, *self.config.grid_size)
+
+        def mixed(logits: torch.Tensor, token: int) -> torch.Tensor:
+            """Logits ``(rows, V)`` for grid token ``token`` -> ``(B, V)``, guided when guidance is on."""
+            logits = logits.float()
+            return guide(logits, guidance_at(guidance_scale, token, n, guidance_schedule)) if guided else logits
+
+        # seq[:, j] is what slot j holds: the start token, then the accepted tokens
+        seq = torch.full((batch_size, 1), self.config.codebook_size, device=prefix.device, dtype=torch.long)
+        proposals = seq.new_empty(batch_size, 0)  # for the tokens right after the accepted ones
+        cache = self.transformer.new_cache(prefix.shape[0], p + n, prefix.device, prefix.dtype) if use_cache else None
+        passes = 0
+        with tqdm(total=n, desc="sampling", disable=not progress, leave=False) as bar:
+            while (i := seq.shape[1] - 1) < n:
+                # slot i holds the last accepted token, slots i + 1 ... the proposals; a proposal for the grid's last
+                # token has no slot to be fed into and is only checked
+                fed = min(proposals.shape[1], n - 1 - i)
+                slots = torch.cat([seq, proposals[:, :fed]], dim=1).repeat(copies, 1)
+                if cache is not None and i > 0:
+                    x = self._token_slots(slots[:, i:], i)  # the earlier slots are in the cache
+                else:
+                    x = torch.cat([prefix, self._token_slots(slots, 0)], dim=1)
+                start = cache.length if cache is not None else 0
+                h = self.transformer(x, self._positions(start, x.shape[1]), cache=cache)[:, -(fed + 1) :]
+                passes += 1
+                choices = torch.stack(
+                    [
+                        sample_logits(mixed(self.head(h[:, j]), i + j), temperature, top_k, top_p, generator)
+                        for j in range(fed + 1)
+                    ],
+                    dim=1,
+                )  # the main head's tokens i ... i + fed
+                agree = (choices[:, : proposals.shape[1]] == proposals).all(0)
+                new = min(int(agree.cumprod(0).sum()) + 1, fed + 1)
+                seq = torch.cat([seq, choices[:, :new]], dim=1)
+                if cache is not None:
+                    cache.length = p + i + new  # drops the slots that held rejected proposals
+                bar.update(new)
+                i += new
+                # the extra heads on the last accepted slot propose the tokens after it (at most up to the grid's end)
+                last, heads = h[:, new - 1], self.extra_heads[: min(block - 1, n - i)]
+                proposals = seq.new_empty(batch_size, 0)
+                if len(heads):
+                    proposals = torch.stack(
+                        [mixed(head(last), i + m).argmax(-1) for m, head in enumerate(heads)], dim=1
+                    )
+        tokens = seq[:, 1:].reshape(batch_size, *self.config.grid_size)
+        return (tokens, {"forward_passes": passes}) if return_stats else tokens

@@ -20,6 +20,7 @@ DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-condit
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -35,7 +36,10 @@ from tokenizers_vis import load_tokenizer
 from .prompt_encoder import PromptEncoder
 from .registry import load_generator
 
-SAMPLING_KEYS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "num_candidates")
+# settings of one generator family only (next-X flow steps, multi-token verification): passed on when given,
+# refused for a generator whose ``generate`` does not take them
+FAMILY_KEYS = ("flow_steps", "num_predict_used")
+SAMPLING_KEYS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "num_candidates", *FAMILY_KEYS)
 
 
 @dataclass
@@ -89,6 +93,9 @@ class TextToImagePipeline:
         if unknown:
             raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
         sampling = self.defaults | sampling
+        accepted = inspect.signature(self.generator.generate).parameters
+        for key in set(FAMILY_KEYS) & set(sampling) - set(accepted):
+            raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
         candidates = int(sampling.pop("num_candidates"))
         kind = self.generator.config.condition
         if candidates < 1 or (candidates > 1 and kind != "prompt"):

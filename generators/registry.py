@@ -8,8 +8,9 @@ from pathlib import Path
 from diffusers import ModelMixin
 
 from .next_token import NextTokenGenerator
+from .next_x import NextXGenerator
 
-GENERATOR_CLASSES: dict[str, type[ModelMixin]] = {"NextTokenGenerator": NextTokenGenerator}
+GENERATOR_CLASSES: dict[str, type[ModelMixin]] = {cls.__name__: cls for cls in (NextTokenGenerator, NextXGenerator)}
 
 PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     # tests and smoke runs
@@ -19,8 +20,18 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     # GPU-sized
     "nt-base": (NextTokenGenerator, dict(dim=768, depth=12, heads=12)),
     "nt-large": (NextTokenGenerator, dict(dim=1024, depth=24, heads=16)),
+    # next-X (xAR): the same transformer sizes plus a flow-matching head; entity / k are overrides
+    "nx-tiny": (NextXGenerator, dict(dim=64, depth=2, heads=4, head_width=64, head_depth=2)),
+    "nx-small": (NextXGenerator, dict(dim=192, depth=6, heads=6, head_width=256, head_depth=3)),
+    "nx-base": (NextXGenerator, dict(dim=768, depth=12, heads=12, head_width=1024, head_depth=3)),
 }
 DEFAULT_PRESET = "nt-small"
+
+
+def preset_class(name: str) -> type[ModelMixin]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown generator preset {name!r}; available: {', '.join(list_generators())}")
+    return PRESETS[name][0]
 
 
 def list_generators() -> list[str]:
@@ -30,9 +41,7 @@ def list_generators() -> list[str]:
 def create_generator(name: str = DEFAULT_PRESET, **overrides) -> ModelMixin:
     """Builds a preset; keyword overrides (``codebook_size``, ``grid_size``, ``condition``, ...) replace its
     constructor arguments."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown generator preset {name!r}; available: {', '.join(list_generators())}")
-    cls, kwargs = PRESETS[name]
+    cls, kwargs = preset_class(name), PRESETS[name][1]
     return cls(**{**kwargs, **overrides})
 
 

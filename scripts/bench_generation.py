@@ -3,6 +3,12 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
 
     python scripts/bench_generation.py                       # shipped pipeline and grader -> benchmarks/generation.md
     python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
+    python scripts/bench_generation.py --compare             # next-token vs next-X entities, objectives, MTP
+
+``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
+(default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)
+and reports prompt accuracy, Fréchet distance, transformer forward passes and wall time per image. Its table
+replaces the "Compare" section of benchmarks/generation.md.
 
 Prompts are captions of unseen scenes: "seen" ones use only (shape, colour) pairs seen in training, "held-out" ones
 each contain one pair never seen in training (``tokenizers_vis.data.HELDOUT_PAIRS``). A prompt is correct when
@@ -19,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from generators import TextToImagePipeline, grade, load_grader, save_grid
+from generators import GeneratorTrainConfig, TextToImagePipeline, grade, load_grader, save_grid, train_generator
 from generators.evaluation import clip_score, frechet_distance
+from tokenizers_vis import TrainConfig, train_tokenizer
 from tokenizers_vis.data import SyntheticScenes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +58,151 @@ def timed_sampling(pipe, prompts: list[str], use_cache: bool, **sampling) -> tup
     return time.perf_counter() - start, tokens
 
 
+# name -> (preset, model overrides, sampling overrides); every row is trained with the same loop and budget
+COMPARE_ROWS: dict[str, tuple[str, dict, dict]] = {
+    "next-token": ("nt-small", {}, {}),
+    "next-token, TokenUnify mixture": ("nt-small", {"objectives": {"next": 0.6, "random": 0.2, "next_all": 0.2}}, {}),
+    "next-token, 4-token prediction": ("nt-small", {"num_predict": 4}, {}),
+    "next-X token": ("nx-small", {"entity": "token"}, {}),
+    "next-X cell 2x2": ("nx-small", {"entity": "cell", "k": 2}, {}),
+    "next-X cell 2x2, clean context": ("nx-small", {"entity": "cell", "k": 2, "noisy_context": False}, {}),
+    "next-X subsample 2x2": ("nx-small", {"entity": "subsample", "k": 2}, {}),
+    "next-X scale": ("nx-small", {"entity": "scale"}, {}),
+    "next-X image": ("nx-small", {"entity": "image"}, {}),
+}
+
+
+class ForwardCounter:
+    """Counts a module's forward calls (transformer passes of one sampling run)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_) -> None:
+        self.count += 1
+
+
+def compare_tokenizer(args) -> Path:
+    """The tokenizer every compare row uses; trained here (vq-f8, 1000 steps) when the folder is missing."""
+    folder = Path(args.compare_tokenizer)
+    if not (folder / "config.json").is_file():
+        run = folder.parent
+        train_tokenizer(TrainConfig(preset="vq-f8", steps=1000, output_dir=str(run), save_every=10**9))
+    return folder
+
+
+def compare(args) -> None:
+    grader = load_grader(args.grader)
+    tokenizer = compare_tokenizer(args)
+    prompts = {
+        "seen": prompts_of("heldout", args.prompts, args.seed),
+        "held-out": prompts_of("novel", args.prompts, args.seed),
+    }
+    real_scenes = SyntheticScenes(args.real, 64, split="heldout", seed=args.seed + 1)
+    real01 = (torch.stack([real_scenes[i]["image"] for i in range(args.real)]) + 1) / 2
+    rows = []
+    for name in args.rows:
+        preset, overrides, sampling = COMPARE_ROWS[name]
+        out = Path(args.compare_dir) / name.replace(" ", "_").replace(",", "")
+        cfg = GeneratorTrainConfig(
+            tokenizer=str(tokenizer),
+            preset=preset,
+            model_overrides=overrides,
+            steps=args.compare_steps,
+            train_samples=args.compare_train_samples,
+            output_dir=str(out),
+            save_every=10**9,
+            sample_every=0,
+            seed=args.seed,
+        )
+        if not (out / "metrics.json").is_file():
+            train_generator(cfg)
+        metrics = json.loads((out / "metrics.json").read_text())
+        pipe = TextToImagePipeline.from_pretrained(out / "pipeline")
+        settings = {**COMPARE_SAMPLING[preset], **sampling}
+        row = {"name": name, "train_seconds": metrics["wall_seconds"], "settings": settings}
+        for split, texts in prompts.items():
+            images = generate(pipe, texts, args.images_per_prompt, args.seed, **settings)
+            row[split] = score(grader, images, texts, args.images_per_prompt)
+            if split == "seen":
+                row["fd"] = frechet_distance(pipe.prompt_encoder.clip, real01, images)
+        counter = ForwardCounter(pipe.generator.transformer)
+        batch = prompts["seen"][: args.speed_images]
+        pipe(batch[:1], seed=0, **settings)  # warm-up
+        counter.count = 0
+        start = time.perf_counter()
+        pipe(batch, seed=0, **settings)
+        row["seconds_per_image"] = (time.perf_counter() - start) / len(batch)
+        row["forward_passes"] = counter.count
+        if pipe.generator.config.get("num_predict", 1) > 1:  # greedy, one token at a time vs verified blocks
+            greedy = {**settings, "temperature": 0.0}
+            counter.count = 0
+            plain = pipe(batch, seed=0, num_predict_used=1, **greedy).tokens
+            row["forward_passes_one_token"] = counter.count
+            counter.count = 0
+            fast = pipe(batch, seed=0, **greedy).tokens
+            row["forward_passes_verified"] = counter.count
+            row["identical_greedy"] = bool(torch.equal(plain, fast))
+        rows.append(row)
+        print(json.dumps(row, default=str))
+    write_compare(args, rows)
+
+
+# sampling settings per generator family: the shipped next-token defaults (guidance 2, temperature 0.7); next-X
+# samples its flow head from full-scale noise
+COMPARE_SAMPLING = {
+    "nt-small": {"guidance_scale": 2.0, "temperature": 0.7, "num_candidates": 1},
+    "nx-small": {"guidance_scale": 2.0, "temperature": 1.0, "num_candidates": 1},
+}
+
+
+def write_compare(args, rows: list[dict]) -> None:
+    ref = rows[0]
+    lines = [
+        COMPARE_HEADER,
+        "",
+        f"Command: `python scripts/bench_generation.py --compare --compare-steps {args.compare_steps} "
+        f"--prompts {args.prompts}`. Every row trained in this run: tokenizer `{args.compare_tokenizer}`, "
+        f"{args.compare_train_samples} cached training scenes, {args.compare_steps} steps of batch 32, seed "
+        f"{args.seed}; {args.prompts} prompts per set x {args.images_per_prompt} images; FD to {args.real} real "
+        f"held-out scenes in the shipped CLIP's image space; forward passes and wall time per image for a batch of "
+        f"{args.speed_images} prompts (guidance runs conditional and null rows in one pass). "
+        f"Machine: {torch.get_num_threads()} CPU threads.",
+        "",
+        "| generator | seen accuracy | held-out accuracy | shape / colour / size / position (seen) | FD (CLIP) "
+        "| forward passes / image | passes ratio | s / image | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["seen"]
+        lines.append(
+            f"| {r['name']} | {pct(s['accuracy'])} | {pct(r['held-out']['accuracy'])} | {pct(s['shape'])} / "
+            f"{pct(s['color'])} / {pct(s['size'])} / {pct(s['position'])} | {r['fd']:.4f} | {r['forward_passes']} "
+            f"| {ref['forward_passes'] / r['forward_passes']:.1f}x fewer | {r['seconds_per_image']:.3f} "
+            f"| {r['train_seconds']:.0f} |"
+        )
+    for r in rows:
+        if "forward_passes_verified" in r:
+            lines += [
+                "",
+                f"{r['name']}: greedy decoding with self-verification takes {r['forward_passes_verified']} forward "
+                f"passes vs {r['forward_passes_one_token']} one token at a time "
+                f"({r['forward_passes_one_token'] / r['forward_passes_verified']:.2f}x fewer); identical tokens: "
+                f"{r['identical_greedy']}.",
+            ]
+    section = "\n".join(lines) + "\n"
+    path = args.out / "generation.md"
+    text = path.read_text() if path.is_file() else ""
+    text = text.split(COMPARE_HEADER)[0].rstrip() + "\n\n" + section if text else section
+    path.write_text(text)
+    (args.out / "generation_compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(section)
+
+
+COMPARE_HEADER = "## Compare: next-token vs next-X entities, objectives, multi-token prediction"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", type=Path, default=ROOT / "assets" / "pipeline")
@@ -64,9 +216,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    p.add_argument("--compare", action="store_true", help="train and compare the generator rows instead")
+    p.add_argument("--rows", nargs="+", choices=list(COMPARE_ROWS), default=list(COMPARE_ROWS))
+    p.add_argument("--compare-steps", type=int, default=1000)
+    p.add_argument("--compare-train-samples", type=int, default=20000)
+    p.add_argument("--compare-tokenizer", default="runs/bench_tokenizer/vq2d/model")
+    p.add_argument("--compare-dir", default="runs/bench_generation")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        compare(args)
+        return
 
     pipe = TextToImagePipeline.from_pretrained(args.pipeline)
     grader = load_grader(args.grader)

@@ -62,6 +62,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "dual": ("dual-f8", {"semantic_teacher": "clip"}, {}),
     "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq1d-32": ("vq1d-32", {}, {}),
+    "vq1d-32-hybrid": ("vq1d-32-hybrid", {}, {}),
     "vq1d-64": ("vq1d-64", {}, {}),
     # the `--tokenizer video` defaults of scripts/train_tokenizer.py
     "video": (
@@ -116,6 +117,9 @@ def family(args: argparse.Namespace) -> None:
         preset, fields, overrides = ROWS[name]
         out = Path(args.output_dir) / name
         cfg = dataclasses.replace(base, preset=preset, output_dir=str(out), model_overrides=overrides, **fields)
+        if args.reuse and (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
+            rows.append(json.loads((out / "bench_row.json").read_text()))
+            continue
         if not (args.reuse and (out / "metrics.json").is_file()):
             train_tokenizer(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
@@ -146,6 +150,7 @@ def family(args: argparse.Namespace) -> None:
             clips = materialize(build_dataset("videos", "heldout", 64, 8, base.seed, frames=17), 0, "clips")
             row["frames_per_second"] = items_per_second(model, clips) * clips.shape[1]
         rows.append(row)
+        (out / "bench_row.json").write_text(json.dumps(row, indent=2))
         print(json.dumps({k: row[k] for k in ("name", "psnr", "ssim", "codebook_usage", "probe", "fd_clip")}))
     write_family_table(rows, args, base)
 
@@ -264,7 +269,11 @@ def main() -> None:
     )
     p.add_argument("--steps", type=int, default=1000, help="training steps of every image tokenizer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reuse", action="store_true", help="reuse rows whose run in --output-dir has finished")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished runs in --output-dir (and their measured rows, so one table can gather several runs)",
+    )
     p.add_argument("--eval-images", type=int, default=512)
     p.add_argument("--probe-train", type=int, default=2000)
     p.add_argument("--probe-test", type=int, default=1000)

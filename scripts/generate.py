@@ -4,6 +4,7 @@
     python scripts/generate.py --prompt "a small blue star at the center" \\
         --prompt "a large white square at the right" --num-images 8 --guidance-scale 3 \\
         --top-k 100 --seed 1 --out outputs/demo
+    python scripts/generate.py --generator next-x --entity cell --k 2 --prompt "a large red circle at the top left"
 
 Prompts follow the scene-caption grammar the shipped model was trained on:
 "a <small|large> <colour> <shape> at the <position>", objects joined with ", " and " and ".
@@ -19,9 +20,30 @@ from pathlib import Path
 
 import torch
 
-from generators import SAMPLING_KEYS, TextToImagePipeline, save_grid
+from generators import ENTITIES, SAMPLING_KEYS, TextToImagePipeline, save_grid
 
-DEFAULT_PIPELINE = Path(__file__).resolve().parent.parent / "assets" / "pipeline"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+GENERATOR_CLASSES = {"next-token": "NextTokenGenerator", "next-x": "NextXGenerator"}
+
+
+def default_pipeline(kind: str, entity: str | None, k: int | None) -> Path:
+    """The shipped pipeline of a generator kind: assets/pipeline (next-token), assets/pipeline_nx_<entity>[_k<k>]."""
+    if kind == "next-token":
+        return ASSETS / "pipeline"
+    entity = entity or "cell"
+    name = f"pipeline_nx_{entity}" + (f"_k{k or 2}" if entity in ("cell", "subsample") else "")
+    return ASSETS / name
+
+
+def check_generator(pipe: TextToImagePipeline, kind: str, entity: str | None, k: int | None, folder: Path) -> None:
+    """Refuses a pipeline whose generator is not the one the flags ask for."""
+    config = pipe.generator.config
+    found = type(pipe.generator).__name__
+    if found != GENERATOR_CLASSES[kind]:
+        raise SystemExit(f"{folder} holds a {found}, not a {kind} generator; pass the matching --generator")
+    for name, wanted in (("entity", entity), ("k", k)):
+        if wanted is not None and config.get(name) != wanted:
+            raise SystemExit(f"{folder}'s next-X generator has {name}={config.get(name)!r}, not {wanted!r}")
 
 
 def slug(prompt: str, limit: int = 60) -> str:
@@ -31,7 +53,14 @@ def slug(prompt: str, limit: int = 60) -> str:
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    p.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE, help="saved pipeline folder")
+    p.add_argument("--pipeline", type=Path, help="saved pipeline folder (default: the shipped one of --generator)")
+    p.add_argument("--generator", choices=list(GENERATOR_CLASSES), default="next-token")
+    p.add_argument("--entity", choices=ENTITIES, help="next-X entity (token, cell, subsample, scale, image)")
+    p.add_argument("--k", type=int, help="next-X cell / subsample side")
+    p.add_argument("--flow-steps", type=int, help="next-X: Euler steps of the flow head per entity")
+    p.add_argument(
+        "--num-predict-used", type=int, help="next-token with multi-token heads: tokens proposed and verified per pass"
+    )
     p.add_argument("--num-images", type=int, default=4, help="images per prompt")
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--guidance-schedule", choices=("constant", "linear", "cosine"))
@@ -47,9 +76,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.num_images < 1:
         p.error("--num-images must be >= 1")
 
+    if args.generator == "next-token" and (args.entity or args.k or args.flow_steps):
+        p.error("--entity, --k and --flow-steps need --generator next-x")
     start = time.perf_counter()
-    pipe = TextToImagePipeline.from_pretrained(args.pipeline, device=args.device)
-    sampling = {k: getattr(args, k) for k in SAMPLING_KEYS if getattr(args, k) is not None}
+    folder = args.pipeline or default_pipeline(args.generator, args.entity, args.k)
+    if not folder.is_dir():
+        p.error(
+            f"no pipeline at {folder}; train one with `accelerate launch scripts/train_generator.py --preset nx-small "
+            f"--entity {args.entity or 'cell'} --k {args.k or 2}` and pass its <output-dir>/pipeline as --pipeline"
+        )
+    pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
+    check_generator(pipe, args.generator, args.entity, args.k, folder)
+    sampling = {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
     out = pipe(
         args.prompt,
         num_images_per_prompt=args.num_images,

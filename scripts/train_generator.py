@@ -1,8 +1,10 @@
-"""Train the text-to-image next-token generator on tokens of a trained tokenizer.
+"""Train a text-to-image generator (next-token or next-X) on tokens of a trained tokenizer.
 
     accelerate launch scripts/train_generator.py                                   # shipped tokenizer + CLIP
     accelerate launch scripts/train_generator.py --tokenizer runs/tok/model --steps 500 --output-dir runs/gen
     accelerate launch scripts/train_generator.py --config my_run.yaml --resume
+    accelerate launch scripts/train_generator.py --preset nx-small --entity cell --k 2   # next-X (xAR)
+    accelerate launch scripts/train_generator.py --objectives next=0.6,random=0.2,next_all=0.2 --num-predict 4
 
 The scenes are tokenized once and cached (``--cache-dir``); a killed run continues with the same command plus
 ``--resume``. Sample grids (``samples_*.png``) are written every ``--sample-every`` steps; the final pipeline folder
@@ -14,15 +16,32 @@ from __future__ import annotations
 import argparse
 import json
 
-from generators import GeneratorTrainConfig, list_generators, train_generator
+from generators import ENTITIES, GeneratorTrainConfig, list_generators, train_generator
 
+MODEL_FLAGS = ("entity", "k", "noisy_context", "num_predict", "objectives")
 SAMPLING_FLAGS = {"guidance_scale": float, "guidance_schedule": str, "temperature": float, "top_k": int, "top_p": float}
+
+
+def ratios(text: str) -> dict[str, float]:
+    """ "next=0.6,random=0.4" -> {"next": 0.6, "random": 0.4}."""
+    try:
+        return {name: float(value) for name, value in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected name=ratio pairs joined by commas, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON or YAML file with GeneratorTrainConfig fields; flags override it")
-    p.add_argument("--preset", choices=list_generators())
+    p.add_argument("--preset", choices=list_generators(), help="nt-*: next-token, nx-*: next-X (xAR)")
+    # generator options, stored in model_overrides
+    p.add_argument("--entity", choices=ENTITIES, help="next-X entity")
+    p.add_argument("--k", type=int, help="next-X cell / subsample side")
+    p.add_argument("--no-noisy-context", dest="noisy_context", action="store_false", default=None)
+    p.add_argument("--num-predict", type=int, help="next-token: tokens predicted per slot (multi-token heads)")
+    p.add_argument(
+        "--objectives", type=ratios, help="next-token TokenUnify mixture, e.g. next=0.6,random=0.2,next_all=0.2"
+    )
     p.add_argument("--tokenizer", help="saved tokenizer folder")
     p.add_argument("--prompt-encoder", help="saved CLIP / prompt-encoder folder")
     for name in ("resolution", "steps", "batch_size", "train_samples", "eval_samples", "save_every", "sample_every"):
@@ -41,12 +60,14 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
     args = vars(p.parse_args(argv))
     sampling = {k: v for k in SAMPLING_FLAGS if (v := args.pop(k)) is not None}
+    model = {k: v for k in MODEL_FLAGS if (v := args.pop(k)) is not None}
     overrides = {k: v for k, v in args.items() if v is not None and k != "config"}
     if args["config"]:
         cfg = GeneratorTrainConfig.from_file(args["config"], **overrides)
     else:
         cfg = GeneratorTrainConfig(**overrides)
     cfg.sampling_defaults = {**cfg.sampling_defaults, **sampling}
+    cfg.model_overrides = {**cfg.model_overrides, **model}
     return cfg
 
 
@@ -54,7 +75,7 @@ def main() -> None:
     metrics = train_generator(parse_args())
     if metrics:
         keys = ("heldout_loss", "heldout_token_accuracy", "steps", "wall_seconds", "params")
-        print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,21 @@ def clip_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="session")
-def train_cli():
-    """scripts/train_tokenizer.py as a module (its ``parse_args``)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("train_tokenizer_cli", path)
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def script():
+    """``script("generate")``: a file of scripts/ imported as a module (its ``main`` / ``parse_args``)."""
+    return _load_script
+
+
+@pytest.fixture(scope="session")
+def train_cli():
+    """scripts/train_tokenizer.py as a module (its ``parse_args``)."""
+    return _load_script("train_tokenizer")

@@ -1,6 +1,5 @@
 """The attribute grader: prompt parsing, the model, grading semantics, the training script and the shipped asset."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,13 +16,6 @@ ASSET = ROOT / "assets" / "grader"
 # Exact match of the shipped grader: measured 100 % on each test set below (and on 1000 held-out and 1000 novel
 # scenes in assets/grader/training.json); the bar leaves room for retraining noise.
 MIN_ASSET_ACCURACY = 0.97
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_grader", ROOT / "scripts" / "train_grader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def small_grader() -> AttributeGrader:
@@ -213,8 +205,8 @@ def test_grade_requires_exact_object_sets():
         grade(stub, torch.zeros(1, 3, 64, 64), ["a red circle"])
 
 
-def test_augmentations_keep_colours_and_mirror_cells():
-    script = load_script()
+def test_augmentations_keep_colours_and_mirror_cells(script):
+    script = script("train_grader")
     generator = torch.Generator().manual_seed(0)
     flat = torch.tensor([0.8, -0.6, 0.2])[None, :, None, None].expand(16, 3, 64, 64)
     degraded = script.degrade(flat, generator)
@@ -232,8 +224,8 @@ def test_augmentations_keep_colours_and_mirror_cells():
     assert torch.equal(new_labels[..., :3], labels[..., :3])
 
 
-def test_recoloured_pool_covers_heldout_pairs_with_matching_labels():
-    script = load_script()
+def test_recoloured_pool_covers_heldout_pairs_with_matching_labels(script):
+    script = script("train_grader")
     plain = script.render_pool("train", 200, seed=0)
     recoloured = script.render_pool("train", 200, seed=0, recolor=1.0)
     pairs = {(SHAPES[s], COLORS[c]) for s, c, _, cell in recoloured[1].flatten(0, 1).tolist() if cell >= 0}
@@ -252,8 +244,8 @@ def test_recoloured_pool_covers_heldout_pairs_with_matching_labels():
         assert parse_prompt(caption) == objects
 
 
-def test_training_reduces_loss():
-    script = load_script()
+def test_training_reduces_loss(script):
+    script = script("train_grader")
     pool, labels, _ = script.render_pool("train", 96, seed=0)
     grader = small_grader()
     optimizer = torch.optim.AdamW(grader.parameters(), lr=3e-3)
@@ -269,8 +261,8 @@ def test_training_reduces_loss():
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5
 
 
-def test_script_writes_model_report_and_examples(tmp_path, monkeypatch):
-    script = load_script()
+def test_script_writes_model_report_and_examples(tmp_path, monkeypatch, script):
+    script = script("train_grader")
     out = tmp_path / "grader"
     argv = ["train_grader.py", "--steps", "3", "--batch-size", "8", "--train-scenes", "32", "--eval-scenes", "12"]
     monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--out", str(out)])

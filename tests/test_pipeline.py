@@ -28,18 +28,23 @@ PROMPTS = [
 ]
 
 
-def tiny_parts():
+def tiny_parts(preset: str = "nt-tiny", **overrides):
     torch.manual_seed(0)
     tokenizer = create_tokenizer("vq-f8-tiny").eval()
     clip = CLIPEncoder.create(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
     encoder = PromptEncoder(clip)
     generator = create_generator(
-        "nt-tiny",
+        preset,
         codebook_size=tokenizer.codebook_size,
         grid_size=(4, 4),
         prompt_dim=encoder.dim,
         prompt_length=encoder.max_length,
+        **overrides,
     )
+    if preset.startswith("nx"):  # one training-mode pass runs the codebook's k-means init, so the codes are set
+        tokenizer.train()(torch.rand(8, 3, 32, 32) * 2 - 1)
+        tokenizer.eval()
+        generator.set_codebook(tokenizer.quantizer.codes(torch.arange(tokenizer.codebook_size)[None])[0])
     return tokenizer, generator, encoder
 
 
@@ -72,6 +77,19 @@ def test_pipeline_generates_and_round_trips(tmp_path):
     # sampling arguments override the stored defaults
     greedy = loaded(PROMPTS, temperature=0.0)
     assert torch.equal(greedy.tokens, loaded(PROMPTS, temperature=0.0, seed=9).tokens)
+
+
+def test_next_x_pipeline_generates_and_round_trips(tmp_path):
+    pipe = TextToImagePipeline(*tiny_parts("nx-tiny", latent_dim=8, entity="cell", k=2), {"guidance_scale": 2.0})
+    out = pipe(PROMPTS, num_images_per_prompt=2, seed=4, flow_steps=3)
+    assert out.tokens.shape == (4, 4, 4) and out.pixels.shape == (4, 3, 32, 32)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = TextToImagePipeline.from_pretrained(tmp_path / "pipe")
+    assert torch.equal(loaded(PROMPTS, num_images_per_prompt=2, seed=4, flow_steps=3).tokens, out.tokens)
+    with pytest.raises(ValueError, match="next-X"):
+        pipe(PROMPTS, top_k=5)
+    with pytest.raises(ValueError, match="flow_steps does not apply to a NextTokenGenerator"):
+        TextToImagePipeline(*tiny_parts())(PROMPTS, flow_steps=3)
 
 
 def test_clip_reranking_keeps_the_best_candidate():
@@ -131,6 +149,24 @@ def test_train_generator_writes_a_pipeline_and_resumes_exactly(saved_parts, tmp_
         torch.testing.assert_close(pa, pb, msg=name)
 
 
+def test_train_generator_trains_next_x_from_the_cli(saved_parts, tmp_path, script):
+    cli = script("train_generator")
+    flags = ["--preset", "nx-tiny", "--entity", "cell", "--k", "2", "--no-noisy-context"]
+    flags += ["--tokenizer", str(saved_parts / "tokenizer"), "--prompt-encoder", str(saved_parts / "clip")]
+    flags += ["--resolution", "32", "--train-samples", "64", "--eval-samples", "16", "--batch-size", "8"]
+    flags += ["--steps", "4", "--sample-every", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path / "nx")]
+    cfg = cli.parse_args([*flags, "--cache-dir", str(tmp_path / "cache")])
+    assert cfg.model_overrides == {"entity": "cell", "k": 2, "noisy_context": False}
+    metrics = train_generator(cfg)
+    assert metrics["heldout_loss"] > 0 and "heldout_token_accuracy" not in metrics
+    pipe = TextToImagePipeline.from_pretrained(tmp_path / "nx" / "pipeline")
+    assert pipe.generator.config.entity == "cell" and pipe.generator.config.latent_dim == 8
+    assert torch.equal(pipe.generator.codebook, pipe.tokenizer.quantizer.codes(torch.arange(64)[None])[0])
+    assert pipe(PROMPTS[0], flow_steps=2, seed=0).tokens.shape == (1, 4, 4)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--objectives", "next=a"])
+
+
 def test_generate_cli_end_to_end(tmp_path):
     TextToImagePipeline(*tiny_parts()).save_pretrained(tmp_path / "pipe")
     cmd = [sys.executable, str(ROOT / "scripts" / "generate.py"), "--pipeline", str(tmp_path / "pipe")]
@@ -142,6 +178,28 @@ def test_generate_cli_end_to_end(tmp_path):
     assert all(p.is_file() for p in printed)
     assert Image.open(tmp_path / "out" / "grid.png").size == (2 * 32 + 2, 2 * 32 + 2)
     assert (tmp_path / "out" / "a_large_red_circle_at_the_top_left_1.png").is_file()
+
+
+def test_generate_cli_runs_next_x_and_refuses_mismatches(tmp_path, capsys, script):
+    generate_cli = script("generate")
+    TextToImagePipeline(*tiny_parts("nx-tiny", latent_dim=8, entity="cell", k=2)).save_pretrained(tmp_path / "nx")
+    TextToImagePipeline(*tiny_parts()).save_pretrained(tmp_path / "nt")
+    base = ["--prompt", PROMPTS[0], "--num-images", "1", "--out", str(tmp_path / "out")]
+    nx = ["--pipeline", str(tmp_path / "nx")]
+    paths = generate_cli.main(
+        [*base, *nx, "--generator", "next-x", "--entity", "cell", "--k", "2", "--flow-steps", "2"]
+    )
+    assert len(paths) == 1 and paths[0].is_file() and (tmp_path / "out" / "grid.png").is_file()
+    with pytest.raises(SystemExit, match="not a next-token generator"):
+        generate_cli.main([*base, *nx, "--generator", "next-token"])
+    with pytest.raises(SystemExit, match="entity='cell'"):
+        generate_cli.main([*base, *nx, "--generator", "next-x", "--entity", "scale"])
+    with pytest.raises(SystemExit):
+        generate_cli.main([*base, "--pipeline", str(tmp_path / "nt"), "--entity", "cell"])
+    assert "need --generator next-x" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate_cli.main([*base, "--generator", "next-x", "--entity", "image"])  # nothing shipped for it
+    assert "no pipeline at" in capsys.readouterr().err
 
 
 def test_shipped_pipeline_follows_prompts():

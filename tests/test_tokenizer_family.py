@@ -108,9 +108,19 @@ def test_video_tokenizer_learns_and_round_trips(tmp_path):
 # ---- 1D tokenizer ------------------------------------------------------------------------------------------------
 
 
-def test_1d_tokenizer_token_count_is_independent_of_resolution():
+@pytest.mark.parametrize("cnn_channels", [None, (16, 32, 32)])
+def test_1d_tokenizer_token_count_is_independent_of_resolution(cnn_channels):
     for size in (32, 64):
-        model = OneDTokenizer(image_size=size, num_tokens=8, width=32, encoder_depth=1, decoder_depth=1, heads=2)
+        model = OneDTokenizer(
+            image_size=size,
+            num_tokens=8,
+            width=32,
+            encoder_depth=1,
+            decoder_depth=1,
+            heads=2,
+            cnn_channels=cnn_channels,
+            norm_groups=8,
+        )
         images = torch.rand(2, 3, size, size) * 2 - 1
         indices = model.eval().encode(images)
         assert indices.shape == (2, 8)

@@ -46,9 +46,14 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     ),
     # DualToken: 512 semantic (deepest level, aligned to the teacher) + 512 pixel (shallowest level) codes, f=8
     "dual-f8": (DualTokenizer, dict(**_F8, pixel_codebook_size=512, semantic_codebook_size=512)),
-    # TiTok-style 1D tokens for 64x64 images; K is independent of the resolution
+    # TiTok-style 1D tokens for 64x64 images; K is independent of the resolution. -hybrid: convolutional stem and
+    # decoder around the latent-token transformers (GigaTok's hybrid design)
     "vq1d-32": (OneDTokenizer, dict(num_tokens=32, codebook_size=1024)),
     "vq1d-64": (OneDTokenizer, dict(num_tokens=64, codebook_size=1024)),
+    "vq1d-32-hybrid": (
+        OneDTokenizer,
+        dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3),
+    ),
     # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
     "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
     # tiny versions of each family, for tests and smoke runs

@@ -5,6 +5,12 @@ Encoder: patch embeddings + K latent tokens -> transformer -> the K latent outpu
 Decoder: K code embeddings + one learned mask token per patch -> transformer -> the patch outputs -> pixels, with a
 small convolutional head that smooths patch seams (a linear patch decoder alone leaves visible 8x8 blocks).
 Blocks are timm's ViT blocks.
+
+Hybrid (GigaTok's design, ``cnn_channels`` set): a convolutional encoder replaces the linear patch embedding and a
+convolutional decoder replaces the patch head, so the transformers only move information between the patch grid
+and the K tokens. A plain ViT autoencoder learns slowly at this scale (after 150 steps its MSE is 3x the
+convolutional tokenizer's, even without a quantizer); the CNN stem and decoder give it the image prior of the 2D
+tokenizers.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .convnets import Decoder, Encoder
 from .image_tokenizer import RECON_LOSSES, reconstruction_losses
 from .quantizers import QuantizerOutput, build_quantizer
 
@@ -45,6 +52,8 @@ class OneDTokenizer(ModelMixin, ConfigMixin):
         quantizer_kwargs: dict | None = None,
         recon_loss: str = "l2",
         quantizer_weight: float = 1.0,
+        cnn_channels: tuple[int, ...] | None = None,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -54,7 +63,10 @@ class OneDTokenizer(ModelMixin, ConfigMixin):
         grid = image_size // patch_size
         self.grid = grid
         scale = width**-0.5
-        self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
+        if cnn_channels:  # hybrid: convolutional stem down to the patch grid
+            self.patch_embed = Encoder(width, patch_size, tuple(cnn_channels), norm_groups=norm_groups)
+        else:
+            self.patch_embed = nn.Conv2d(3, width, patch_size, stride=patch_size)
         self.patch_pos = nn.Parameter(torch.randn(grid * grid, width) * scale)
         self.latents = nn.Parameter(torch.randn(num_tokens, width) * scale)
         self.encoder = _blocks(width, encoder_depth, heads, mlp_ratio)
@@ -64,13 +76,17 @@ class OneDTokenizer(ModelMixin, ConfigMixin):
         self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * scale)
         self.mask_tokens = nn.Parameter(torch.randn(grid * grid, width) * scale)
         self.decoder = _blocks(width, decoder_depth, heads, mlp_ratio)
-        self.decoder_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, head_channels * patch_size**2))
-        self.head = nn.Sequential(
-            nn.SiLU(),
-            nn.Conv2d(head_channels, head_channels, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(head_channels, 3, 3, padding=1),
-        )
+        if cnn_channels:  # hybrid: convolutional decoder from the patch grid
+            self.decoder_out = nn.LayerNorm(width)
+            self.head = Decoder(width, patch_size, tuple(cnn_channels), norm_groups=norm_groups)
+        else:
+            self.decoder_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, head_channels * patch_size**2))
+            self.head = nn.Sequential(
+                nn.SiLU(),
+                nn.Conv2d(head_channels, head_channels, 3, padding=1),
+                nn.SiLU(),
+                nn.Conv2d(head_channels, 3, 3, padding=1),
+            )
 
     @property
     def codebook_size(self) -> int:
@@ -99,8 +115,11 @@ class OneDTokenizer(ModelMixin, ConfigMixin):
         tokens = self.decoder_in(z) + self.token_pos
         x = torch.cat([tokens, self.mask_tokens.expand(len(z), -1, -1)], dim=1)
         patches = self.decoder_out(self.decoder(x)[:, tokens.shape[1] :])
-        p = self.config.patch_size
-        maps = rearrange(patches, "b (gh gw) (c p q) -> b c (gh p) (gw q)", gh=self.grid, p=p, q=p)
+        if self.config.cnn_channels:
+            maps = rearrange(patches, "b (gh gw) c -> b c gh gw", gh=self.grid)
+        else:
+            p = self.config.patch_size
+            maps = rearrange(patches, "b (gh gw) (c p q) -> b c (gh p) (gw q)", gh=self.grid, p=p, q=p)
         return self.head(maps).float()
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
