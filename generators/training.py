@@ -3,8 +3,8 @@
 The captioned scenes (or moving-shape clips, ``data="videos"``, with a video tokenizer) are rendered and tokenized
 once (cached on disk, keyed by the tokenizer's weights and the data settings); each step then draws a batch of
 cached index grids with a generator seeded by (seed, step, rank), encodes the captions with the frozen prompt
-encoder and takes one optimizer step. A resumed run sees exactly the
-batches, condition dropouts and weights of an uninterrupted one.
+encoder and takes one optimizer step. A resumed run sees exactly the batches, condition dropouts and weights of an
+uninterrupted one.
 """
 
 from __future__ import annotations

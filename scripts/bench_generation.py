@@ -8,7 +8,8 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
 (default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)
 and reports prompt accuracy, Fréchet distance, transformer forward passes and wall time per image. Its table
-replaces the "Compare" section of benchmarks/generation.md.
+replaces the "Compare" section of benchmarks/generation.md. Finished rows are kept in their run folders
+(``bench_row.json``), so a table can gather rows measured by several invocations.
 
 Prompts are captions of unseen scenes: "seen" ones use only (shape, colour) pairs seen in training, "held-out" ones
 each contain one pair never seen in training (``tokenizers_vis.data.HELDOUT_PAIRS``). A prompt is correct when
@@ -115,7 +116,11 @@ def compare(args) -> None:
             save_every=10**9,
             sample_every=0,
             seed=args.seed,
+            cpu_threads=args.threads or 0,
         )
+        if (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
+            rows.append(json.loads((out / "bench_row.json").read_text()))
+            continue
         if not (out / "metrics.json").is_file():
             train_generator(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
@@ -145,6 +150,7 @@ def compare(args) -> None:
             row["forward_passes_verified"] = counter.count
             row["identical_greedy"] = bool(torch.equal(plain, fast))
         rows.append(row)
+        (out / "bench_row.json").write_text(json.dumps(row, indent=2, default=str))
         print(json.dumps(row, default=str))
     write_compare(args, rows)
 

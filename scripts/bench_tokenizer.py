@@ -118,7 +118,7 @@ def family(args: argparse.Namespace) -> None:
         out = Path(args.output_dir) / name
         cfg = dataclasses.replace(base, preset=preset, output_dir=str(out), model_overrides=overrides, **fields)
         if args.reuse and (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
-            rows.append(json.loads((out / "bench_row.json").read_text()))
+            rows.append(json.loads((out / "bench_row.json").read_text()) | {"reused": True})
             continue
         if not (args.reuse and (out / "metrics.json").is_file()):
             train_tokenizer(cfg)
@@ -181,6 +181,13 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
         f"{r['frames_per_second']:.0f} frames/s on 17-frame clips."
         for r in video
     ]
+    reused = [r["name"] for r in rows if r.get("reused")]
+    if reused:
+        notes.append(
+            f"- Measured by earlier invocations of this script and reused here (`--reuse`): {', '.join(reused)}. "
+            "Their speed columns come from those runs, some of which shared the 2 CPU cores with other jobs, so "
+            "speed ratios are only good to about ±30 %."
+        )
     text = "\n".join(
         [
             "# Tokenizer family benchmark",

@@ -8,19 +8,21 @@
 
 Prompts follow the scene-caption grammar the shipped model was trained on:
 "a <small|large> <colour> <shape> at the <position>", objects joined with ", " and " and ".
-Writes one PNG per image and grid.png (one row per prompt) under --out and prints their paths.
+Writes one PNG per image and grid.png (one row per prompt) under --out and prints their paths; a text-to-video
+pipeline folder ("a small blue square moving to the right") gives one GIF per clip and grid.gif.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from pathlib import Path
 
 import torch
 
-from generators import ENTITIES, SAMPLING_KEYS, TextToImagePipeline, save_grid
+from generators import ENTITIES, SAMPLING_KEYS, TextToImagePipeline, TextToVideoPipeline, save_grid
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GENERATOR_CLASSES = {"next-token": "NextTokenGenerator", "next-x": "NextXGenerator"}
@@ -48,6 +50,38 @@ def check_generator(pipe: TextToImagePipeline, kind: str, entity: str | None, k:
 
 def slug(prompt: str, limit: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "prompt"
+
+
+def is_video_pipeline(folder: Path) -> bool:
+    index = folder / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "TextToVideoPipeline"
+
+
+def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> list[Path]:
+    """A text-to-video pipeline folder: one GIF per clip and grid.gif (one row per prompt)."""
+    if args.generator != "next-token" or (args.num_candidates or 1) > 1:
+        raise SystemExit("text-to-video pipelines use a next-token generator and no --num-candidates")
+    pipe = TextToVideoPipeline.from_pretrained(folder, device=args.device)
+    sampling = {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
+    out = pipe(
+        args.prompt,
+        num_videos_per_prompt=args.num_images,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+        progress=True,
+        **sampling,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, clip in enumerate(out.videos):
+        path = args.out / f"{slug(args.prompt[i // args.num_images])}_{i % args.num_images}.gif"
+        clip[0].save(path, save_all=True, append_images=clip[1:], duration=125, loop=0)
+        paths.append(path)
+    out.save_gif(args.out / "grid.gif", per_row=args.num_images)
+    print(f"{len(paths)} clips in {time.perf_counter() - start:.1f} s ({pipe.defaults | sampling})")
+    for path in [*paths, args.out / "grid.gif"]:
+        print(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -85,6 +119,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"no pipeline at {folder}; train one with `accelerate launch scripts/train_generator.py --preset nx-small "
             f"--entity {args.entity or 'cell'} --k {args.k or 2}` and pass its <output-dir>/pipeline as --pipeline"
         )
+    if is_video_pipeline(folder):
+        return generate_videos(args, folder, start)
     pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
     check_generator(pipe, args.generator, args.entity, args.k, folder)
     sampling = {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}

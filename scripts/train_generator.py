@@ -5,6 +5,8 @@
     accelerate launch scripts/train_generator.py --config my_run.yaml --resume
     accelerate launch scripts/train_generator.py --preset nx-small --entity cell --k 2   # next-X (xAR)
     accelerate launch scripts/train_generator.py --objectives next=0.6,random=0.2,next_all=0.2 --num-predict 4
+    accelerate launch scripts/train_generator.py --data videos --frames 9 --tokenizer runs/tok_video/model \
+        --train-samples 12000 --output-dir runs/video_gen                       # text-to-video (GIF samples)
 
 The scenes are tokenized once and cached (``--cache-dir``); a killed run continues with the same command plus
 ``--resume``. Sample grids (``samples_*.png``) are written every ``--sample-every`` steps; the final pipeline folder
@@ -44,9 +46,12 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
     )
     p.add_argument("--tokenizer", help="saved tokenizer folder")
     p.add_argument("--prompt-encoder", help="saved CLIP / prompt-encoder folder")
-    for name in ("resolution", "steps", "batch_size", "train_samples", "eval_samples", "save_every", "sample_every"):
+    p.add_argument(
+        "--data", choices=("scenes", "videos"), help="scenes (text-to-image) or videos (moving shapes, video tokenizer)"
+    )
+    for name in ("resolution", "frames", "steps", "batch_size", "train_samples", "eval_samples", "save_every"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    for name in ("seed", "warmup_steps", "cpu_threads"):
+    for name in ("sample_every", "seed", "warmup_steps", "cpu_threads"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     for name in ("lr", "weight_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)

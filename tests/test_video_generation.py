@@ -113,6 +113,8 @@ def test_video_pipeline_round_trips_and_refuses_bad_calls(tmp_path):
         TextToImagePipeline.from_pretrained(tmp_path / "pipe")
     with pytest.raises(ValueError, match="re-ranking"):
         pipe(PROMPTS, num_candidates=2)
+    with pytest.raises(ValueError, match="flow_steps does not apply"):
+        pipe(PROMPTS, flow_steps=4)
     with pytest.raises(ValueError, match=r"over \(t, h, w\) grids"):
         TextToVideoPipeline(*tiny_parts(grid=(4, 4)))
 
@@ -167,3 +169,14 @@ def test_video_prompts_parse_or_are_refused():
         grade_videos(grader, videos, ["a large red circle moving up and a small blue star moving down"])
     with pytest.raises(ValueError, match="<direction>: to the left"):
         grade_videos(grader, videos, ["a large red circle at the top left"])
+
+
+def test_generate_cli_writes_gifs_for_a_video_pipeline(tmp_path, script):
+    TextToVideoPipeline(*tiny_parts()).save_pretrained(tmp_path / "pipe")
+    flags = ["--pipeline", str(tmp_path / "pipe"), "--prompt", PROMPTS[0], "--num-images", "2"]
+    paths = script("generate").main([*flags, "--out", str(tmp_path / "out"), "--temperature", "0.8"])
+    assert [p.suffix for p in paths] == [".gif", ".gif"]
+    assert all(Image.open(p).n_frames == 5 for p in paths)
+    assert Image.open(tmp_path / "out" / "grid.gif").n_frames == 5
+    with pytest.raises(SystemExit, match="num-candidates"):
+        script("generate").main([*flags, "--num-candidates", "2"])
