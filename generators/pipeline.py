@@ -89,13 +89,7 @@ class TextToImagePipeline:
         """Sampling keywords (``guidance_scale``, ``guidance_schedule``, ``temperature``, ``top_k``, ``top_p``,
         ``num_candidates``) override the pipeline's defaults. Images come in prompt order, ``num_images_per_prompt``
         per prompt."""
-        unknown = set(sampling) - set(SAMPLING_KEYS)
-        if unknown:
-            raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
-        sampling = self.defaults | sampling
-        accepted = inspect.signature(self.generator.generate).parameters
-        for key in set(FAMILY_KEYS) & set(sampling) - set(accepted):
-            raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
+        sampling = self._sampling(sampling)
         candidates = int(sampling.pop("num_candidates"))
         kind = self.generator.config.condition
         if candidates < 1 or (candidates > 1 and kind != "prompt"):
@@ -129,6 +123,17 @@ class TextToImagePipeline:
             tokens, pixels = self._rerank(wanted, tokens, pixels, candidates)
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
         return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu())
+
+    def _sampling(self, given: dict) -> dict:
+        """The pipeline's defaults overridden by ``given``, checked against what the generator accepts."""
+        unknown = set(given) - set(SAMPLING_KEYS)
+        if unknown:
+            raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
+        sampling = self.defaults | given
+        accepted = inspect.signature(self.generator.generate).parameters
+        for key in set(FAMILY_KEYS) & set(sampling) - set(accepted):
+            raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
+        return sampling
 
     def _rerank(
         self, prompts: list[str], tokens: torch.Tensor, pixels: torch.Tensor, candidates: int

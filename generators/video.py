@@ -16,7 +16,6 @@ so each graded frame is first shifted to put the object at the centre of the mid
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tokenizers_vis.data import COLORS, DIRECTIONS, SHAPES, SIZES
 from tokenizers_vis.visuals import save_gif, save_video_strip
 
 from .grading import GRID, AttributeGrader
-from .pipeline import FAMILY_KEYS, SAMPLING_KEYS, TextToImagePipeline
+from .pipeline import TextToImagePipeline
 
 VIDEO_GRAMMAR = "a <size> <colour> <shape> moving <direction>"
 # Object pixels are this far (RGB distance, [0, 1] units) from the frame's median colour. A textured background
@@ -86,13 +85,7 @@ class TextToVideoPipeline(TextToImagePipeline):
     ) -> VideoPipelineOutput:
         """Sampling keywords override the pipeline's defaults, as for images. Clips come in prompt order,
         ``num_videos_per_prompt`` per prompt."""
-        unknown = set(sampling) - set(SAMPLING_KEYS)
-        if unknown:
-            raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
-        sampling = self.defaults | sampling
-        accepted = inspect.signature(self.generator.generate).parameters
-        for key in set(FAMILY_KEYS) & set(sampling) - set(accepted):
-            raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
+        sampling = self._sampling(sampling)
         if int(sampling.pop("num_candidates")) != 1:
             raise ValueError("CLIP re-ranking (num_candidates > 1) is for still images; use num_candidates=1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

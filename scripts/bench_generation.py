@@ -4,6 +4,7 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
     python scripts/bench_generation.py                       # shipped pipeline and grader -> benchmarks/generation.md
     python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
     python scripts/bench_generation.py --compare             # next-token vs next-X entities, objectives, MTP
+    python scripts/bench_generation.py --video runs/video_gen/pipeline --prompts 48   # text-to-video grading
 
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
 (default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)
@@ -26,10 +27,19 @@ from pathlib import Path
 
 import torch
 
-from generators import GeneratorTrainConfig, TextToImagePipeline, grade, load_grader, save_grid, train_generator
+from generators import (
+    GeneratorTrainConfig,
+    TextToImagePipeline,
+    TextToVideoPipeline,
+    grade,
+    grade_videos,
+    load_grader,
+    save_grid,
+    train_generator,
+)
 from generators.evaluation import clip_score, frechet_distance
 from tokenizers_vis import TrainConfig, train_tokenizer
-from tokenizers_vis.data import SyntheticScenes
+from tokenizers_vis.data import MovingShapes, SyntheticScenes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,15 +208,61 @@ def write_compare(args, rows: list[dict]) -> None:
                 f"{r['identical_greedy']}.",
             ]
     section = "\n".join(lines) + "\n"
-    path = args.out / "generation.md"
-    text = path.read_text() if path.is_file() else ""
-    text = text.split(COMPARE_HEADER)[0].rstrip() + "\n\n" + section if text else section
-    path.write_text(text)
+    replace_section(args.out / "generation.md", COMPARE_HEADER, section)
     (args.out / "generation_compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print(section)
 
 
 COMPARE_HEADER = "## Compare: next-token vs next-X entities, objectives, multi-token prediction"
+VIDEO_HEADER = "## Text-to-video"
+
+
+def replace_section(path: Path, header: str, section: str) -> None:
+    """Writes ``section`` (starting with ``header``) into the markdown file, replacing that header's old section."""
+    text = path.read_text() if path.is_file() else ""
+    if header in text:
+        before, after = text.split(header, 1)
+        rest = after.split("\n## ", 1)
+        text = before.rstrip() + "\n\n" + section + ("\n## " + rest[1] if len(rest) > 1 else "")
+    else:
+        text = (text.rstrip() + "\n\n" if text else "") + section
+    path.write_text(text)
+
+
+def video(args) -> None:
+    """Grades clips of a text-to-video pipeline: colour and shape on the first and last frames, motion direction."""
+    pipe = TextToVideoPipeline.from_pretrained(args.video)
+    grader = load_grader(args.grader)
+    clips = MovingShapes(500, 64, frames=9, split="heldout", seed=args.seed + 1)
+    captions = list(dict.fromkeys(clips.describe(i)["caption"] for i in range(len(clips))))[: args.prompts]
+    prompts = [c for c in captions for _ in range(args.images_per_prompt)]
+    rows = []
+    for scale in [float(s) for s in args.video_scales.split(",")]:
+        start = time.perf_counter()
+        out = pipe(captions, num_videos_per_prompt=args.images_per_prompt, seed=args.seed, guidance_scale=scale)
+        result = grade_videos(grader, out.frames * 2 - 1, prompts)
+        rows.append({"guidance": scale, "seconds": time.perf_counter() - start, **result})
+        out.save_gif(args.out / "generation" / f"video_g{scale:g}.gif", per_row=2 * args.images_per_prompt)
+        print(scale, {k: v for k, v in result.items() if isinstance(v, float)})
+    lines = [
+        VIDEO_HEADER,
+        "",
+        f"Command: `python scripts/bench_generation.py --video {args.video}`. {len(captions)} held-out moving-shape "
+        f"captions x {args.images_per_prompt} clips, sampling defaults {json.dumps(pipe.defaults)} except guidance. "
+        "Appearance: colour and shape right on the first and the last frame; direction: the object's displacement "
+        "from the first to the last frame is the prompted one of 8 directions (`generators.video.grade_videos`).",
+        "",
+        "| guidance | appearance (first & last frames) | direction | both | colour / shape per frame | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['guidance']:g} | {pct(r['appearance_accuracy'])} | {pct(r['direction_accuracy'])} "
+            f"| {pct(r['accuracy'])} | {pct(r['color'])} / {pct(r['shape'])} | {r['seconds']:.0f} |"
+        )
+    lines += ["", *(f"![](generation/video_g{r['guidance']:g}.gif)" for r in rows), ""]
+    replace_section(args.out / "generation.md", VIDEO_HEADER, "\n".join(lines))
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -223,6 +279,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     p.add_argument("--compare", action="store_true", help="train and compare the generator rows instead")
+    p.add_argument("--video", type=Path, help="grade this text-to-video pipeline folder instead")
+    p.add_argument("--video-scales", default="1,3", help="guidance scales for --video")
     p.add_argument("--rows", nargs="+", choices=list(COMPARE_ROWS), default=list(COMPARE_ROWS))
     p.add_argument("--compare-steps", type=int, default=1000)
     p.add_argument("--compare-train-samples", type=int, default=20000)
@@ -233,6 +291,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.compare:
         compare(args)
+        return
+    if args.video:
+        video(args)
         return
 
     pipe = TextToImagePipeline.from_pretrained(args.pipeline)
@@ -403,7 +464,10 @@ def write_markdown(args, report: dict, showcase: list[str]) -> None:
             f"![](generation/{kind}_{i % 4}.png)",
             "",
         ]
-    (args.out / "generation.md").write_text("\n".join(lines) + "\n")
+    path = args.out / "generation.md"
+    old = path.read_text() if path.is_file() else ""
+    kept = [old.index(h) for h in (COMPARE_HEADER, VIDEO_HEADER) if h in old]  # sections other modes wrote
+    path.write_text("\n".join(lines) + "\n" + ("\n" + old[min(kept) :] if kept else ""))
     print("\n".join(lines))
 
 

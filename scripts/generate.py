@@ -52,6 +52,11 @@ def slug(prompt: str, limit: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "prompt"
 
 
+def sampling_flags(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line (the rest come from the pipeline's defaults)."""
+    return {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
+
+
 def is_video_pipeline(folder: Path) -> bool:
     index = folder / "model_index.json"
     return index.is_file() and json.loads(index.read_text()).get("_class_name") == "TextToVideoPipeline"
@@ -62,7 +67,7 @@ def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> lis
     if args.generator != "next-token" or (args.num_candidates or 1) > 1:
         raise SystemExit("text-to-video pipelines use a next-token generator and no --num-candidates")
     pipe = TextToVideoPipeline.from_pretrained(folder, device=args.device)
-    sampling = {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
+    sampling = sampling_flags(args)
     out = pipe(
         args.prompt,
         num_videos_per_prompt=args.num_images,
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return generate_videos(args, folder, start)
     pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
     check_generator(pipe, args.generator, args.entity, args.k, folder)
-    sampling = {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
+    sampling = sampling_flags(args)
     out = pipe(
         args.prompt,
         num_images_per_prompt=args.num_images,
