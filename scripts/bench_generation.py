@@ -183,11 +183,12 @@ def write_compare(args, rows: list[dict]) -> None:
         f"{args.compare_train_samples} cached training scenes, {args.compare_steps} steps of batch 32, seed "
         f"{args.seed}; {args.prompts} prompts per set x {args.images_per_prompt} images; FD to {args.real} real "
         f"held-out scenes in the shipped CLIP's image space; forward passes and wall time per image for a batch of "
-        f"{args.speed_images} prompts (guidance runs conditional and null rows in one pass). "
+        f"{args.speed_images} prompts (guidance runs conditional and null rows in one pass; other jobs may share the "
+        f"cores, see the row's folder). "
         f"Machine: {torch.get_num_threads()} CPU threads.",
         "",
         "| generator | seen accuracy | held-out accuracy | shape / colour / size / position (seen) | FD (CLIP) "
-        "| forward passes / image | passes ratio | s / image | train s |",
+        "| forward passes / image | vs next-token | s / image | train s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -195,7 +196,7 @@ def write_compare(args, rows: list[dict]) -> None:
         lines.append(
             f"| {r['name']} | {pct(s['accuracy'])} | {pct(r['held-out']['accuracy'])} | {pct(s['shape'])} / "
             f"{pct(s['color'])} / {pct(s['size'])} / {pct(s['position'])} | {r['fd']:.4f} | {r['forward_passes']} "
-            f"| {ref['forward_passes'] / r['forward_passes']:.1f}x fewer | {r['seconds_per_image']:.3f} "
+            f"| 1/{ref['forward_passes'] / r['forward_passes']:.0f} | {r['seconds_per_image']:.3f} "
             f"| {r['train_seconds']:.0f} |"
         )
     for r in rows:

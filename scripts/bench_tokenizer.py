@@ -209,7 +209,8 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
             "",
             *notes,
             "",
-            f"Command: `python scripts/bench_tokenizer.py --steps {args.steps} --rows {' '.join(args.rows)} "
+            f"Command: `python scripts/bench_tokenizer.py{' --reuse' if args.reuse else ''} --steps {args.steps} "
+            f"--rows {' '.join(args.rows)} "
             f"--cpu-threads {args.cpu_threads}`",
             "",
         ]
