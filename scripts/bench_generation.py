@@ -116,6 +116,9 @@ def compare(args) -> None:
     for name in args.rows:
         preset, overrides, sampling = COMPARE_ROWS[name]
         out = Path(args.compare_dir) / name.replace(" ", "_").replace(",", "")
+        if (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
+            rows.append(json.loads((out / "bench_row.json").read_text()))
+            continue
         cfg = GeneratorTrainConfig(
             tokenizer=str(tokenizer),
             preset=preset,
@@ -128,9 +131,6 @@ def compare(args) -> None:
             seed=args.seed,
             cpu_threads=args.threads or 0,
         )
-        if (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
-            rows.append(json.loads((out / "bench_row.json").read_text()))
-            continue
         if not (out / "metrics.json").is_file():
             train_generator(cfg)
         metrics = json.loads((out / "metrics.json").read_text())

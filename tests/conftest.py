@@ -49,3 +49,23 @@ def script():
 def train_cli():
     """scripts/train_tokenizer.py as a module (its ``parse_args``)."""
     return _load_script("train_tokenizer")
+
+
+def _fit(model, batch, steps: int, lr: float, **adamw) -> list[float]:
+    """``steps`` AdamW steps on ``model.loss(*batch())`` in training mode; returns the losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, **adamw)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(*batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="session")
+def fit():
+    """``fit(model, batch, steps, lr)``: a short training run of a tiny generator (``batch()`` gives loss args)."""
+    return _fit

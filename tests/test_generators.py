@@ -140,21 +140,17 @@ def test_generator_refuses_bad_input():
         create_generator("nt-huge", codebook_size=8)
 
 
-def test_generator_learns_class_to_grid_and_round_trips(tmp_path):
+def test_generator_learns_class_to_grid_and_round_trips(tmp_path, fit):
     """Four classes, each with its own fixed grid: after a short run greedy sampling draws exactly those grids."""
     torch.manual_seed(0)
     model = create_generator("nt-tiny", codebook_size=16, grid_size=(4, 4), condition="class", num_classes=4)
     targets = torch.randint(0, 16, (4, 4, 4))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    model.train()
-    for _ in range(150):
+
+    def batch():
         labels = torch.randint(0, 4, (16,))
-        loss = model.loss(targets[labels], labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return targets[labels], labels
+
+    losses = fit(model, batch, 150, 3e-3)
     model.eval()
     assert sum(losses[-10:]) / 10 < 0.1 * sum(losses[:10]) / 10
     labels = torch.arange(4)

@@ -141,16 +141,10 @@ def tiny(entity: str = "cell", **kw) -> NextXGenerator:
     return model
 
 
-def train(model: NextXGenerator, steps: int) -> NextXGenerator:
+def train(fit, model: NextXGenerator, steps: int) -> NextXGenerator:
     """Fits class c -> GRIDS[c]."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     labels = LABELS.repeat(4)
-    model.train()
-    for _ in range(steps):
-        loss = model(GRIDS[labels], labels, return_loss=True)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(model, lambda: (GRIDS[labels], labels), steps, 1e-2, weight_decay=0.0)
     return model.eval()
 
 
@@ -169,16 +163,16 @@ def test_noisy_context_training_step():
     assert model(GRIDS, LABELS, return_loss=False).shape == (2, model.entities.length, 32)
 
 
-def test_overfits_two_classes():
-    model = train(tiny("cell"), 300)
+def test_overfits_two_classes(fit):
+    model = train(fit, tiny("cell"), 300)
     out = model.generate(LABELS, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 4, 4) and out.dtype == torch.long
     assert (out == GRIDS).float().mean() >= 0.9
 
 
 @pytest.mark.parametrize("entity", ENTITIES)
-def test_every_entity_trains_and_samples(entity):
-    model = train(tiny(entity), 1)
+def test_every_entity_trains_and_samples(entity, fit):
+    model = train(fit, tiny(entity), 1)
     assert model.num_entities == model.entities.num_entities
     out = model.generate(LABELS, guidance_scale=1.5, generator=torch.Generator().manual_seed(0), flow_steps=2)
     assert out.shape == (2, 4, 4) and out.dtype == torch.long
@@ -186,8 +180,8 @@ def test_every_entity_trains_and_samples(entity):
 
 
 @pytest.mark.parametrize("entity", ["cell", "scale"])
-def test_cache_matches_full_recompute(entity):
-    model = train(tiny(entity), 20)
+def test_cache_matches_full_recompute(entity, fit):
+    model = train(fit, tiny(entity), 20)
     kw = dict(guidance_scale=2.0, guidance_schedule="linear", flow_steps=3)
     cached = model.generate(LABELS, generator=torch.Generator().manual_seed(0), **kw)
     full = model.generate(LABELS, generator=torch.Generator().manual_seed(0), use_cache=False, **kw)
@@ -210,8 +204,8 @@ def test_codebook_required():
         model.set_codebook(torch.randn(16, 5))
 
 
-def test_save_load_round_trip(tmp_path):
-    model = train(tiny("subsample"), 10)
+def test_save_load_round_trip(tmp_path, fit):
+    model = train(fit, tiny("subsample"), 10)
     model.save_pretrained(tmp_path)
     loaded = NextXGenerator.from_pretrained(tmp_path).eval()
     assert torch.equal(loaded.codebook, model.codebook) and loaded.config.entity == "subsample"

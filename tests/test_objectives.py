@@ -124,18 +124,17 @@ def test_verified_greedy_equals_plain_greedy_untrained(grid, scale):
         assert torch.equal(verified, plain)
 
 
-def test_trained_heads_cut_forward_passes_and_keep_greedy_output(tmp_path):
+def test_trained_heads_cut_forward_passes_and_keep_greedy_output(tmp_path, fit):
     """Four classes, each with its own fixed grid: once the extra heads have learned them, each forward accepts
     several tokens, and the verified greedy output is still exactly the plain one."""
-    model = tiny((4, 4), codebook=16, num_classes=4, num_predict=4).train()
+    model = tiny((4, 4), codebook=16, num_classes=4, num_predict=4)
     targets = torch.randint(0, 16, (4, 4, 4))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
+
+    def batch():
         labels = torch.randint(0, 4, (16,))
-        loss = model.loss(targets[labels], labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return targets[labels], labels
+
+    fit(model, batch, 150, 3e-3)
     model.eval()
     labels = torch.arange(4)
     for scale in (1.0, 2.0):
@@ -150,17 +149,12 @@ def test_trained_heads_cut_forward_passes_and_keep_greedy_output(tmp_path):
     assert torch.equal(loaded.generate(labels, temperature=0, guidance_scale=2.0), verified)
 
 
-def test_verified_sampling_keeps_the_main_heads_distribution():
+def test_verified_sampling_keeps_the_main_heads_distribution(fit):
     """Two-token codebook, three tokens, a model trained briefly towards a skewed law: the empirical law of verified
     samples (batch 1, so proposals do get accepted) matches the exact law of the main head, computed by teacher
     forcing all 8 sequences."""
-    model = tiny((1, 3), codebook=2, condition="none", num_predict=3).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(80):
-        loss = model.loss((torch.rand(32, 1, 3) < torch.tensor([0.9, 0.15, 0.9])).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = tiny((1, 3), codebook=2, condition="none", num_predict=3)
+    fit(model, lambda: ((torch.rand(32, 1, 3) < torch.tensor([0.9, 0.15, 0.9])).long(),), 80, 3e-3)
     model.eval()
     every = torch.cartesian_prod(*[torch.arange(2)] * 3)  # (8, 3)
     with torch.no_grad():
