@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tokenizers_vis.clip import CLIPEncoder, load_clip
@@ -29,26 +32,45 @@ class PromptEncoder(nn.Module):
     with which shape. Given every token as a prefix (or as cross-attention memory), the generator can attend to
     "red" next to "circle" and bind attributes to objects. (The CLIP text transformer is causal, so each state sees
     the words before it; the ``<eot>`` state, the one CLIP pools, sees the whole prompt.)
+
+    Why ``word_embeddings=True`` appends the tower's input word embeddings (layer-normalised, D doubles): a
+    contrastive text tower only keeps apart what its image tower can see. The project's small CLIP barely sees
+    shape at 64 px, so its states for "a red triangle" and "a red diamond" have cosine 0.98, and a generator
+    conditioned on them cannot learn which shape to draw. The word embedding table is a lookup, one vector per
+    word, so the words stay distinct, while the states still say which words belong together.
     """
 
-    def __init__(self, clip: CLIPEncoder) -> None:
+    config_name = "prompt_encoder.json"
+
+    def __init__(self, clip: CLIPEncoder, word_embeddings: bool = False) -> None:
         super().__init__()
         self.clip = clip.freeze()
+        self.word_embeddings = word_embeddings
         self.train(False)
 
     @classmethod
-    def from_clip(cls, name_or_path: str | os.PathLike, pretrained: str | None = None) -> PromptEncoder:
+    def from_clip(
+        cls, name_or_path: str | os.PathLike, pretrained: str | None = None, word_embeddings: bool = False
+    ) -> PromptEncoder:
         """From a CLIP folder (e.g. ``assets/pipeline/prompt_encoder``) or an open_clip name + pretrained tag (see
         ``load_clip``)."""
-        return cls(load_clip(name_or_path, pretrained))
+        return cls(load_clip(name_or_path, pretrained), word_embeddings)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> PromptEncoder:
-        return cls(CLIPEncoder.from_pretrained(folder))
+    def from_pretrained(cls, folder: str | os.PathLike, word_embeddings: bool | None = None) -> PromptEncoder:
+        """From a saved prompt-encoder or CLIP folder; ``word_embeddings`` None takes the folder's saved choice
+        (False for a bare CLIP folder)."""
+        if word_embeddings is None:
+            config = Path(folder) / cls.config_name
+            word_embeddings = json.loads(config.read_text())["word_embeddings"] if config.is_file() else False
+        return cls(CLIPEncoder.from_pretrained(folder), word_embeddings)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Saves the CLIP it wraps (a pipeline keeps it as a subfolder, e.g. ``pipeline/prompt_encoder``)."""
+        """Saves the CLIP it wraps and this encoder's choice of features (a pipeline keeps it as a subfolder,
+        e.g. ``pipeline/prompt_encoder``)."""
         self.clip.save_pretrained(folder)
+        config = {"word_embeddings": self.word_embeddings}
+        (Path(folder) / self.config_name).write_text(json.dumps(config, indent=2) + "\n")
 
     def train(self, mode: bool = True) -> PromptEncoder:
         """Frozen: stays in eval mode whatever ``mode`` is."""
@@ -56,8 +78,8 @@ class PromptEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        """D, the width of each token state."""
-        return self.clip.text_width
+        """D, the width of each token state (twice the text width with word embeddings)."""
+        return self.clip.text_width * (2 if self.word_embeddings else 1)
 
     @property
     def max_length(self) -> int:
@@ -76,6 +98,9 @@ class PromptEncoder(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         states, mask = self.clip.text_states(list(prompts))
+        if self.word_embeddings:
+            words = self.clip.word_embeddings(list(prompts)).float()
+            states = torch.cat([states.float(), F.layer_norm(words, words.shape[-1:])], dim=-1)
         return states.float(), mask
 
     @torch.no_grad()

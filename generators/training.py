@@ -48,6 +48,7 @@ class GeneratorTrainConfig:
 
     tokenizer: str = "assets/pipeline/tokenizer"  # a saved tokenizer folder
     prompt_encoder: str = "assets/pipeline/prompt_encoder"  # a saved CLIP / prompt-encoder folder
+    prompt_word_embeddings: bool = True  # append the text tower's word embeddings to its states (PromptEncoder)
     preset: str = "nt-small"
     model_overrides: dict = field(default_factory=dict)
     data: str = "scenes"  # captioned sources: "scenes" (text-to-image) | "videos" (text-to-video, moving shapes)
@@ -172,7 +173,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     device = accelerator.device
     tokenizer = load_tokenizer(cfg.tokenizer).to(device).eval()
-    encoder = PromptEncoder.from_pretrained(cfg.prompt_encoder).to(device)
+    encoder = PromptEncoder.from_pretrained(cfg.prompt_encoder, cfg.prompt_word_embeddings).to(device)
     with accelerator.main_process_first():  # one process renders and caches, the others read the cache
         train = tokenize_data(tokenizer, "train", cfg, cfg.train_samples, device, accelerator.mixed_precision)
         heldout = tokenize_data(tokenizer, "heldout", cfg, cfg.eval_samples, device, accelerator.mixed_precision)

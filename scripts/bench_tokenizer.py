@@ -63,6 +63,7 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq1d-32": ("vq1d-32", {}, {}),
     "vq1d-32-hybrid": ("vq1d-32-hybrid", {}, {}),
+    "vq1d-32-prior": ("vq1d-32-prior", {}, {}),
     "vq1d-64": ("vq1d-64", {}, {}),
     # the `--tokenizer video` defaults of scripts/train_tokenizer.py
     "video": (
@@ -273,7 +274,7 @@ def main() -> None:
         "--rows",
         nargs="+",
         choices=list(ROWS),
-        default=["vq2d", "vq2d+clip-dec", "vq2d+grader-q", "dual", "vq1d-32", "video"],
+        default=["vq2d", "vq2d+clip-dec", "vq2d+grader-q", "dual", "vq1d-32", "vq1d-32-prior", "video"],
     )
     p.add_argument("--steps", type=int, default=1000, help="training steps of every image tokenizer")
     p.add_argument("--seed", type=int, default=0)

@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
     p.add_argument("--tokenizer", help="saved tokenizer folder")
     p.add_argument("--prompt-encoder", help="saved CLIP / prompt-encoder folder")
     p.add_argument(
+        "--no-prompt-words",
+        dest="prompt_word_embeddings",
+        action="store_false",
+        default=None,
+        help="condition on the CLIP text states only, without the word embeddings (see PromptEncoder)",
+    )
+    p.add_argument(
         "--data", choices=("scenes", "videos"), help="scenes (text-to-image) or videos (moving shapes, video tokenizer)"
     )
     for name in ("resolution", "frames", "steps", "batch_size", "train_samples", "eval_samples", "save_every"):

@@ -128,6 +128,27 @@ def test_prompt_encoder_frozen(tiny_clip, tmp_path):
         assert torch.equal(out, states) and torch.equal(out_mask, mask)
 
 
+def test_prompt_encoder_word_embeddings(tmp_path):
+    """Word embeddings double the width, keep the states as the first half, tell two words apart whatever their
+    states, and survive save/load (a bare CLIP folder loads without them)."""
+    torch.manual_seed(1)
+    clip = CLIPEncoder.create(**TINY)
+    plain, words = PromptEncoder(clip), PromptEncoder(clip, word_embeddings=True)
+    prompts = ["a red circle", "a red square"]
+    states, mask = plain(prompts)
+    both, both_mask = words(prompts)
+    assert words.dim == 2 * plain.dim and both.shape == (2, words.max_length, words.dim)
+    assert torch.equal(both[..., : plain.dim], states) and torch.equal(both_mask, mask)
+    word = 3  # <sot> a red {circle|square}
+    assert not torch.allclose(both[0, word, plain.dim :], both[1, word, plain.dim :], atol=1e-3)
+    torch.testing.assert_close(both[0, :word], both[1, :word])  # causal tower: identical before the word
+    words.save_pretrained(tmp_path / "words")
+    assert torch.equal(PromptEncoder.from_pretrained(tmp_path / "words")(prompts)[0], both)
+    assert PromptEncoder.from_pretrained(tmp_path / "words", word_embeddings=False).dim == plain.dim
+    clip.save_pretrained(tmp_path / "clip")
+    assert not PromptEncoder.from_pretrained(tmp_path / "clip").word_embeddings
+
+
 def test_grouped_loss():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)

@@ -108,8 +108,8 @@ def test_video_tokenizer_learns_and_round_trips(tmp_path):
 # ---- 1D tokenizer ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cnn_channels", [None, (16, 32, 32)])
-def test_1d_tokenizer_token_count_is_independent_of_resolution(cnn_channels):
+@pytest.mark.parametrize(("cnn_channels", "raster_prior"), [(None, False), ((16, 32, 32), False), (None, True)])
+def test_1d_tokenizer_token_count_is_independent_of_resolution(cnn_channels, raster_prior):
     for size in (32, 64):
         model = OneDTokenizer(
             image_size=size,
@@ -120,6 +120,7 @@ def test_1d_tokenizer_token_count_is_independent_of_resolution(cnn_channels):
             heads=2,
             cnn_channels=cnn_channels,
             norm_groups=8,
+            raster_prior=raster_prior,
         )
         images = torch.rand(2, 3, size, size) * 2 - 1
         indices = model.eval().encode(images)

@@ -23,7 +23,7 @@ def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(train_cli, tmp_path):
     cfg = cli.parse_args(["--tokenizer", "video", "--batch-size", "2", "--preset", "video-tiny"])
     assert (cfg.preset, cfg.batch_size) == ("video-tiny", 2)  # explicit flags win over the kind's defaults
     assert cli.parse_args(["--tokenizer", "dual"]).semantic_teacher == "clip"
-    assert cli.parse_args(["--tokenizer", "vq1d"]).preset == "vq1d-32"
+    assert cli.parse_args(["--tokenizer", "vq1d"]).preset == "vq1d-32-prior"
     assert cli.parse_args(["--tokenizer", "vq2d"]).preset == "vq-f8"
     (tmp_path / "run.json").write_text('{"batch_size": 3}')
     assert cli.parse_args(["--tokenizer", "video", "--config", str(tmp_path / "run.json")]).batch_size == 3

@@ -325,6 +325,16 @@ class CLIPEncoder(nn.Module):
         """List of B strings (or (B, L) ids from :meth:`tokenize`) -> L2-normalised (B, E) float32."""
         return self.model.encode_text(self._ids(texts), normalize=True).float()
 
+    def word_embeddings(self, texts: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """The text tower's input word embeddings (B, L, W), before positions and attention: one fixed vector per
+        vocabulary entry, so two words stay apart however similar the contrastive objective made their states."""
+        tower = self._text_tower
+        if not hasattr(tower, "token_embedding"):
+            raise ValueError(
+                f"{type(tower).__name__} has no token_embedding table; word embeddings need an open_clip text tower"
+            )
+        return tower.token_embedding(self._ids(texts))
+
     def text_states(self, texts: Sequence[str] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token text states: (states (B, L, W), mask (B, L) bool), L = context_length, W = text_width.
 

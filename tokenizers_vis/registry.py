@@ -54,6 +54,17 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
         OneDTokenizer,
         dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3),
     ),
+    "vq1d-32-prior": (
+        OneDTokenizer,
+        dict(
+            num_tokens=32,
+            codebook_size=1024,
+            cnn_channels=(64, 128, 256),
+            encoder_depth=3,
+            decoder_depth=3,
+            raster_prior=True,
+        ),
+    ),
     # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
     "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
     # tiny versions of each family, for tests and smoke runs
@@ -72,7 +83,7 @@ DEFAULT_PRESET = "vq-f8"
 # `--tokenizer` kinds of scripts/train_tokenizer.py: the class each accepts and its default preset
 KINDS: dict[str, tuple[type[ModelMixin], str]] = {
     "vq2d": (ImageTokenizer, DEFAULT_PRESET),
-    "vq1d": (OneDTokenizer, "vq1d-32"),
+    "vq1d": (OneDTokenizer, "vq1d-32-prior"),
     "dual": (DualTokenizer, "dual-f8"),
     "video": (VideoTokenizer, "video-f8t4"),
 }
