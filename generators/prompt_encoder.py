@@ -97,11 +97,13 @@ class PromptEncoder(nn.Module):
         # inference tensors cannot be saved for its backward pass.
         if isinstance(prompts, str):
             prompts = [prompts]
-        states, mask = self.clip.text_states(list(prompts))
+        ids = self.clip.tokenize(list(prompts))  # once, for the states and the word embeddings
+        states, mask = self.clip.text_states(ids)
+        states = states.float()
         if self.word_embeddings:
-            words = self.clip.word_embeddings(list(prompts)).float()
-            states = torch.cat([states.float(), F.layer_norm(words, words.shape[-1:])], dim=-1)
-        return states.float(), mask
+            words = self.clip.word_embeddings(ids).float()
+            states = torch.cat([states, F.layer_norm(words, words.shape[-1:])], dim=-1)
+        return states, mask
 
     @torch.no_grad()
     def embed(self, prompts: str | Sequence[str]) -> torch.Tensor:

@@ -18,6 +18,9 @@ TOKENIZER_CLASSES: dict[str, type[ModelMixin]] = {
 }
 
 _F8 = dict(downsample_factor=8, channels=(64, 128, 256))
+# 1D tokenizer with a CNN stem and decoder around the latent-token transformers (GigaTok-style hybrid)
+_HYBRID_1D = dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3)
+
 PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     # default: cosine VQ, 1024 codes of dim 32, f=8 -> 64 tokens for a 64x64 image
     "vq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="vq", codebook_size=1024)),
@@ -50,21 +53,8 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     # decoder around the latent-token transformers (GigaTok's hybrid design)
     "vq1d-32": (OneDTokenizer, dict(num_tokens=32, codebook_size=1024)),
     "vq1d-64": (OneDTokenizer, dict(num_tokens=64, codebook_size=1024)),
-    "vq1d-32-hybrid": (
-        OneDTokenizer,
-        dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3),
-    ),
-    "vq1d-32-prior": (
-        OneDTokenizer,
-        dict(
-            num_tokens=32,
-            codebook_size=1024,
-            cnn_channels=(64, 128, 256),
-            encoder_depth=3,
-            decoder_depth=3,
-            raster_prior=True,
-        ),
-    ),
+    "vq1d-32-hybrid": (OneDTokenizer, _HYBRID_1D),
+    "vq1d-32-prior": (OneDTokenizer, {**_HYBRID_1D, "raster_prior": True}),
     # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
     "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
     # tiny versions of each family, for tests and smoke runs
