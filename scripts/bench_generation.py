@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def compare(args) -> None:
             train_generator(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
         pipe = TextToImagePipeline.from_pretrained(out / "pipeline")
-        settings = {**COMPARE_SAMPLING[preset], **sampling}
+        settings = {**(pipe.defaults if args.compare_sampling == "tuned" else COMPARE_SAMPLING[preset]), **sampling}
         row = {"name": name, "train_seconds": metrics["wall_seconds"], "settings": settings}
         for split, texts in prompts.items():
             images = generate(pipe, texts, args.images_per_prompt, args.seed, **settings)
@@ -173,18 +174,34 @@ COMPARE_SAMPLING = {
 }
 
 
+def compare_header(args) -> str:
+    """One compare section per tokenizer and budget, so comparisons at different scales sit side by side."""
+    return (
+        f"{COMPARE_PREFIX} at {args.compare_steps} steps on `{args.compare_tokenizer}`: next-token vs next-X "
+        "entities, objectives, multi-token prediction"
+    )
+
+
 def write_compare(args, rows: list[dict]) -> None:
     ref = rows[0]
+    sampling = (
+        "each pipeline's own defaults, as tuned by `scripts/tune_sampling.py` on training-split prompts (see the "
+        "row's `bench_row.json`)"
+        if args.compare_sampling == "tuned"
+        else f"fixed per family: {json.dumps(COMPARE_SAMPLING)}"
+    )
     lines = [
-        COMPARE_HEADER,
+        compare_header(args),
         "",
         f"Command: `python scripts/bench_generation.py --compare --compare-steps {args.compare_steps} "
-        f"--prompts {args.prompts}`. Every row trained in this run: tokenizer `{args.compare_tokenizer}`, "
+        f"--compare-tokenizer {args.compare_tokenizer} --compare-train-samples {args.compare_train_samples} "
+        f"--compare-sampling {args.compare_sampling} --prompts {args.prompts} --rows ...`. "
+        f"Every row trained with the same loop and budget: tokenizer `{args.compare_tokenizer}`, "
         f"{args.compare_train_samples} cached training scenes, {args.compare_steps} steps of batch 32, seed "
         f"{args.seed}; {args.prompts} prompts per set x {args.images_per_prompt} images; FD to {args.real} real "
         f"held-out scenes in the shipped CLIP's image space; forward passes and wall time per image for a batch of "
         f"{args.speed_images} prompts (guidance runs conditional and null rows in one pass; other jobs may share the "
-        f"cores, see the row's folder). "
+        f"cores, see the row's folder). Sampling: {sampling}. "
         f"Machine: {torch.get_num_threads()} CPU threads.",
         "",
         "| generator | seen accuracy | held-out accuracy | shape / colour / size / position (seen) | FD (CLIP) "
@@ -209,12 +226,12 @@ def write_compare(args, rows: list[dict]) -> None:
                 f"{r['identical_greedy']}.",
             ]
     section = "\n".join(lines) + "\n"
-    replace_section(args.out / "generation.md", COMPARE_HEADER, section)
+    replace_section(args.out / "generation.md", compare_header(args), section)
     (args.out / "generation_compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print(section)
 
 
-COMPARE_HEADER = "## Compare: next-token vs next-X entities, objectives, multi-token prediction"
+COMPARE_PREFIX = "## Compare"
 VIDEO_HEADER = "## Text-to-video"
 
 
@@ -287,6 +304,12 @@ def main() -> None:
     p.add_argument("--compare-train-samples", type=int, default=20000)
     p.add_argument("--compare-tokenizer", default="runs/bench_tokenizer/vq2d/model")
     p.add_argument("--compare-dir", default="runs/bench_generation")
+    p.add_argument(
+        "--compare-sampling",
+        choices=["fixed", "tuned"],
+        default="fixed",
+        help="fixed settings per generator family, or each row pipeline's tuned defaults (run tune_sampling first)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -355,7 +378,7 @@ def main() -> None:
 
     # sampling speed, greedy so the cached and uncached tokens can be compared exactly
     speed_prompts = sets["seen"][: args.speed_images]
-    tokens_per_image = pipe.generator.num_tokens
+    tokens_per_image = math.prod(pipe.generator.config.grid_size)
     timed_sampling(pipe, speed_prompts[:1], True, temperature=0.0)  # warm-up
     t_cache, tok_cache = timed_sampling(pipe, speed_prompts, True, temperature=0.0)
     t_plain, tok_plain = timed_sampling(pipe, speed_prompts, False, temperature=0.0)
@@ -467,7 +490,7 @@ def write_markdown(args, report: dict, showcase: list[str]) -> None:
         ]
     path = args.out / "generation.md"
     old = path.read_text() if path.is_file() else ""
-    kept = [old.index(h) for h in (COMPARE_HEADER, VIDEO_HEADER) if h in old]  # sections other modes wrote
+    kept = [old.index(h) for h in (COMPARE_PREFIX, VIDEO_HEADER) if h in old]  # sections other modes wrote
     path.write_text("\n".join(lines) + "\n" + ("\n" + old[min(kept) :] if kept else ""))
     print("\n".join(lines))
 
