@@ -227,7 +227,10 @@ def write_compare(args, rows: list[dict]) -> None:
             ]
     section = "\n".join(lines) + "\n"
     replace_section(args.out / "generation.md", compare_header(args), section)
-    (args.out / "generation_compare.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    rows_file = args.out / "generation_compare.json"  # {section title: rows}, like the markdown's sections
+    sections = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
+    sections[compare_header(args).removeprefix("## ")] = rows
+    rows_file.write_text(json.dumps(sections, indent=2, default=str) + "\n")
     print(section)
 
 
