@@ -9,8 +9,10 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
 (default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)
 and reports prompt accuracy, Fréchet distance, transformer forward passes and wall time per image. Its table
-replaces the "Compare" section of benchmarks/generation.md. Finished rows are kept in their run folders
-(``bench_row.json``), so a table can gather rows measured by several invocations.
+replaces the "Compare at <steps> steps on <tokenizer>" section of benchmarks/generation.md (other budgets' sections
+stay). Finished rows are kept in their run folders (``bench_row.json``), so a table can gather rows measured by
+several invocations; ``--compare-sampling tuned`` samples each row with its pipeline's tuned defaults
+(``scripts/tune_sampling.py --write``) instead of fixed settings per generator family.
 
 Prompts are captions of unseen scenes: "seen" ones use only (shape, colour) pairs seen in training, "held-out" ones
 each contain one pair never seen in training (``tokenizers_vis.data.HELDOUT_PAIRS``). A prompt is correct when
