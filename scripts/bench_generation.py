@@ -168,8 +168,8 @@ def compare(args) -> None:
     write_compare(args, rows)
 
 
-# sampling settings per generator family: the shipped next-token defaults (guidance 2, temperature 0.7); next-X
-# samples its flow head from full-scale noise
+# fixed sampling settings per generator family (--compare-sampling fixed): guidance 2 for both; next-token at
+# temperature 0.7, next-X's flow head from full-scale noise
 COMPARE_SAMPLING = {
     "nt-small": {"guidance_scale": 2.0, "temperature": 0.7, "num_candidates": 1},
     "nx-small": {"guidance_scale": 2.0, "temperature": 1.0, "num_candidates": 1},
@@ -185,7 +185,7 @@ def compare_header(args) -> str:
 
 
 def write_compare(args, rows: list[dict]) -> None:
-    ref = rows[0]
+    ref, header = rows[0], compare_header(args)
     sampling = (
         "each pipeline's own defaults, as tuned by `scripts/tune_sampling.py` on training-split prompts (see the "
         "row's `bench_row.json`)"
@@ -193,7 +193,7 @@ def write_compare(args, rows: list[dict]) -> None:
         else f"fixed per family: {json.dumps(COMPARE_SAMPLING)}"
     )
     lines = [
-        compare_header(args),
+        header,
         "",
         f"Command: `python scripts/bench_generation.py --compare --compare-steps {args.compare_steps} "
         f"--compare-tokenizer {args.compare_tokenizer} --compare-train-samples {args.compare_train_samples} "
@@ -228,10 +228,10 @@ def write_compare(args, rows: list[dict]) -> None:
                 f"{r['identical_greedy']}.",
             ]
     section = "\n".join(lines) + "\n"
-    replace_section(args.out / "generation.md", compare_header(args), section)
+    replace_section(args.out / "generation.md", header, section)
     rows_file = args.out / "generation_compare.json"  # {section title: rows}, like the markdown's sections
     sections = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    sections[compare_header(args).removeprefix("## ")] = rows
+    sections[header.removeprefix("## ")] = rows
     rows_file.write_text(json.dumps(sections, indent=2, default=str) + "\n")
     print(section)
 
