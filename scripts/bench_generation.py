@@ -4,7 +4,7 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
     python scripts/bench_generation.py                       # shipped pipeline and grader -> benchmarks/generation.md
     python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
     python scripts/bench_generation.py --compare             # next-token vs next-X entities, objectives, MTP
-    python scripts/bench_generation.py --video runs/video_gen/pipeline --prompts 48   # text-to-video grading
+    python scripts/bench_generation.py --video runs/video_f4/pipeline --prompts 48    # text-to-video grading
 
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
 (default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)

@@ -1,10 +1,12 @@
-"""Pick a text-to-image pipeline's sampling defaults (guidance scale, temperature, top-k) by grader accuracy, for a
-given number of CLIP re-ranking candidates.
+"""Pick a text-to-image (or text-to-video) pipeline's sampling defaults (guidance scale, temperature, top-k) by
+grader accuracy, for a given number of CLIP re-ranking candidates.
 
     python scripts/tune_sampling.py --pipeline runs/assets/generator/pipeline --write
+    python scripts/tune_sampling.py --pipeline runs/video/pipeline --top-ks 0 --write     # a text-to-video one
 
-Prompts are captions of *training-split* scenes (a seed no other script uses), so the choice is made on prompts
-the benchmark never scores: ``scripts/bench_generation.py`` reports on held-out-split and novel-split captions.
+Prompts are captions of *training-split* scenes or clips (a seed no other script uses), so the choice is made on
+prompts the benchmark never scores: ``scripts/bench_generation.py`` reports on held-out-split and novel-split
+captions. Videos are scored with ``grade_videos`` (shape and colour on both end frames, and motion direction).
 Prints a table, writes ``<pipeline>/sampling_sweep.json`` and, with ``--write``, stores the best setting as the
 pipeline's defaults in ``model_index.json``.
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from generators import TextToImagePipeline
-from generators.grading import grade, load_grader
-from tokenizers_vis.data.scenes import SyntheticScenes
+from generators import TextToImagePipeline, TextToVideoPipeline
+from generators.grading import AttributeGrader, grade, load_grader
+from generators.video import grade_videos
+from tokenizers_vis.data import MovingShapes, SyntheticScenes
 
 TUNING_SEED = 101  # scene stream of the tuning prompts; the grader, CLIP and benchmark use other seeds
 
@@ -56,13 +59,29 @@ def write_defaults(pipeline: Path, defaults: dict) -> None:
     os.replace(tmp, index_file)
 
 
-def main() -> None:
-    args = parse_args()
+def score_images(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int) -> dict:
+    pixels = pipe(prompts, seed=0, num_candidates=num_candidates, **setting).pixels
+    scores = grade(grader, pixels * 2 - 1, prompts)
+    return {k: scores[k] for k in ("accuracy", "shape", "color", "size", "position")}
+
+
+def score_videos(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int) -> dict:
+    if num_candidates != 1:
+        raise SystemExit("CLIP re-ranking is for still images: use --num-candidates 1 with a text-to-video pipeline")
+    scores = grade_videos(grader, pipe(prompts, seed=0, **setting).frames * 2 - 1, prompts)
+    keys = ("accuracy", "appearance_accuracy", "direction_accuracy", "shape", "color", "size")
+    return {k: scores[k] for k in keys}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = TextToImagePipeline.from_pretrained(args.pipeline)
+    video = json.loads((args.pipeline / "model_index.json").read_text()).get("_class_name") == "TextToVideoPipeline"
+    pipe = (TextToVideoPipeline if video else TextToImagePipeline).from_pretrained(args.pipeline)
     grader = load_grader(args.grader)
-    scenes = SyntheticScenes(args.prompts, 64, split="train", seed=TUNING_SEED)
-    prompts = [scenes.describe(i)["caption"] for i in range(args.prompts)]
+    source = (MovingShapes if video else SyntheticScenes)(args.prompts, 64, split="train", seed=TUNING_SEED)
+    prompts = [source.describe(i)["caption"] for i in range(args.prompts)]
+    score = score_videos if video else score_images
     grid = list(
         itertools.product(
             floats(args.guidance_scales), floats(args.temperatures), [int(k) for k in floats(args.top_ks)]
@@ -72,21 +91,16 @@ def main() -> None:
     for scale, temperature, top_k in tqdm(grid, desc="sampling settings"):
         setting = {"guidance_scale": scale, "temperature": temperature, "top_k": top_k}
         start = time.perf_counter()
-        pixels = pipe(prompts, seed=0, num_candidates=args.num_candidates, **setting).pixels
-        scores = grade(grader, pixels * 2 - 1, prompts)
-        results.append(
-            {**setting, "seconds": round(time.perf_counter() - start, 1)}
-            | {k: scores[k] for k in ("accuracy", "shape", "color", "size", "position")}
-        )
-    # best accuracy; ties go to the setting with the higher mean attribute accuracy
-    best = max(results, key=lambda r: (r["accuracy"], r["shape"] + r["color"] + r["size"] + r["position"]))
-    print("| guidance | temperature | top-k | accuracy | shape | colour | size | position | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        scores = score(pipe, grader, prompts, setting, args.num_candidates)
+        results.append({**setting, **scores, "seconds": round(time.perf_counter() - start, 1)})
+    metrics = list(scores)
+    # best accuracy; ties go to the setting with the higher sum of the other scores
+    best = max(results, key=lambda r: (r["accuracy"], sum(r[k] for k in metrics[1:])))
+    print("| guidance | temperature | top-k | " + " | ".join(m.removesuffix("_accuracy") for m in metrics) + " | s |")
+    print("|---" * (len(metrics) + 4) + "|")
     for r in results:
-        print(
-            f"| {r['guidance_scale']:g} | {r['temperature']:g} | {r['top_k']} | {r['accuracy']:.1%} | {r['shape']:.1%} "
-            f"| {r['color']:.1%} | {r['size']:.1%} | {r['position']:.1%} | {r['seconds']} |"
-        )
+        cells = [f"{r['guidance_scale']:g}", f"{r['temperature']:g}", str(r["top_k"])]
+        print("| " + " | ".join(cells + [f"{r[m]:.1%}" for m in metrics] + [str(r["seconds"])]) + " |")
     chosen = {k: best[k] for k in ("guidance_scale", "temperature", "top_k")} | {"num_candidates": args.num_candidates}
     print(f"best on {args.prompts} training-split prompts: {json.dumps(chosen)} ({best['accuracy']:.1%})")
     report = {"prompts": args.prompts, "seed": TUNING_SEED, "results": results, "best": chosen}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tokenizers_vis import create_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data.videos import DIRECTIONS, MovingShapes
 from tokenizers_vis.dual_tokenizer import DualTokenizer
@@ -71,6 +72,17 @@ def test_video_tokenizer_shapes_and_images_as_one_frame():
     assert torch.equal(model.encode(image)[:, 0], indices[:, 0])
     with pytest.raises(ValueError, match="1 \\+ 4"):
         model.encode(torch.zeros(1, 8, 3, 32, 32))
+
+
+def test_video_f4_preset_keeps_four_times_finer_grids():
+    model = create_tokenizer("video-f4t4").eval()
+    with torch.no_grad():
+        indices = model.encode(torch.zeros(1, 9, 3, 64, 64))
+    assert indices.shape == (1, 3, 16, 16)  # 9 frames of 64x64 -> 3 latent frames of 16 x 16
+    f4 = VideoTokenizer(**{**TINY_VIDEO, "channels": (16, 32)}, spatial_factor=4).eval()
+    assert f4.decode(f4.encode(torch.zeros(2, 5, 3, 32, 32))).shape == (2, 5, 3, 32, 32)
+    with pytest.raises(ValueError, match="needs 2 channel levels"):
+        VideoTokenizer(**TINY_VIDEO, spatial_factor=4)
 
 
 def test_video_encoder_is_causal():

@@ -180,3 +180,20 @@ def test_generate_cli_writes_gifs_for_a_video_pipeline(tmp_path, script):
     assert Image.open(tmp_path / "out" / "grid.gif").n_frames == 5
     with pytest.raises(SystemExit, match="num-candidates"):
         script("generate").main([*flags, "--num-candidates", "2"])
+
+
+def test_tune_sampling_scores_a_video_pipeline_and_stores_its_defaults(tmp_path, script):
+    TextToVideoPipeline(*tiny_parts()).save_pretrained(tmp_path / "pipe")
+    flags = ["--pipeline", str(tmp_path / "pipe"), "--grader", str(ROOT / "assets" / "grader"), "--prompts", "3"]
+    script("tune_sampling").main([*flags, "--guidance-scales", "1,2", "--temperatures", "0.5", "--top-ks", "0"])
+    assert TextToVideoPipeline.from_pretrained(tmp_path / "pipe").defaults["guidance_scale"] == 1.0  # no --write
+    script("tune_sampling").main(
+        [*flags, "--guidance-scales", "2", "--temperatures", "0.5", "--top-ks", "0", "--write"]
+    )
+    report = json.loads((tmp_path / "pipe" / "sampling_sweep.json").read_text())
+    assert [r["guidance_scale"] for r in report["results"]] == [2.0]
+    assert {"appearance_accuracy", "direction_accuracy", "shape", "color"} <= set(report["results"][0])
+    defaults = TextToVideoPipeline.from_pretrained(tmp_path / "pipe").defaults
+    assert (defaults["guidance_scale"], defaults["temperature"]) == (2.0, 0.5)
+    with pytest.raises(SystemExit, match="still images"):
+        script("tune_sampling").main([*flags, "--top-ks", "0", "--num-candidates", "2"])

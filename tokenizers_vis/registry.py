@@ -57,6 +57,11 @@ PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
     "vq1d-32-prior": (OneDTokenizer, {**_HYBRID_1D, "raster_prior": True}),
     # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
     "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
+    # 4x finer grids (16 x 16 per latent frame): small shapes keep their corners, as with the image vq-f4
+    "video-f4t4": (
+        VideoTokenizer,
+        dict(spatial_factor=4, temporal_factor=4, channels=(64, 128), decoder_res_blocks=2),
+    ),
     # tiny versions of each family, for tests and smoke runs
     "dual-f8-tiny": (
         DualTokenizer,
