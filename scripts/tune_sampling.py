@@ -14,6 +14,7 @@ pipeline's defaults in ``model_index.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -59,15 +60,13 @@ def write_defaults(pipeline: Path, defaults: dict) -> None:
     os.replace(tmp, index_file)
 
 
-def score_images(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int) -> dict:
+def score_images(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int = 1) -> dict:
     pixels = pipe(prompts, seed=0, num_candidates=num_candidates, **setting).pixels
     scores = grade(grader, pixels * 2 - 1, prompts)
     return {k: scores[k] for k in ("accuracy", "shape", "color", "size", "position")}
 
 
-def score_videos(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int) -> dict:
-    if num_candidates != 1:
-        raise SystemExit("CLIP re-ranking is for still images: use --num-candidates 1 with a text-to-video pipeline")
+def score_videos(pipe, grader: AttributeGrader, prompts: list[str], setting: dict) -> dict:
     scores = grade_videos(grader, pipe(prompts, seed=0, **setting).frames * 2 - 1, prompts)
     keys = ("accuracy", "appearance_accuracy", "direction_accuracy", "shape", "color", "size")
     return {k: scores[k] for k in keys}
@@ -77,11 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     video = json.loads((args.pipeline / "model_index.json").read_text()).get("_class_name") == "TextToVideoPipeline"
+    if video and args.num_candidates != 1:
+        raise SystemExit("CLIP re-ranking is for still images: use --num-candidates 1 with a text-to-video pipeline")
     pipe = (TextToVideoPipeline if video else TextToImagePipeline).from_pretrained(args.pipeline)
     grader = load_grader(args.grader)
     source = (MovingShapes if video else SyntheticScenes)(args.prompts, 64, split="train", seed=TUNING_SEED)
     prompts = [source.describe(i)["caption"] for i in range(args.prompts)]
-    score = score_videos if video else score_images
+    score = score_videos if video else functools.partial(score_images, num_candidates=args.num_candidates)
     grid = list(
         itertools.product(
             floats(args.guidance_scales), floats(args.temperatures), [int(k) for k in floats(args.top_ks)]
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     for scale, temperature, top_k in tqdm(grid, desc="sampling settings"):
         setting = {"guidance_scale": scale, "temperature": temperature, "top_k": top_k}
         start = time.perf_counter()
-        scores = score(pipe, grader, prompts, setting, args.num_candidates)
+        scores = score(pipe, grader, prompts, setting)
         results.append({**setting, **scores, "seconds": round(time.perf_counter() - start, 1)})
     metrics = list(scores)
     # best accuracy; ties go to the setting with the higher sum of the other scores
