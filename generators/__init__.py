@@ -12,12 +12,13 @@ from .registry import PRESETS, create_generator, list_generators, load_generator
 from .sampling import guidance_at, sample_logits, top_k_filter, top_p_filter
 from .training import GeneratorTrainConfig, train_generator
 from .transformer import KVCache, Transformer
-from .video import TextToVideoPipeline, VideoPipelineOutput, grade_videos, parse_video_prompt
+from .video import TextToVideoPipeline, VideoPipelineOutput, grade_videos, is_video_pipeline, parse_video_prompt
 
 __all__ = [
     "TextToVideoPipeline",
     "VideoPipelineOutput",
     "grade_videos",
+    "is_video_pipeline",
     "parse_video_prompt",
     "ENTITIES",
     "NextXGenerator",

@@ -16,6 +16,7 @@ so each graded frame is first shifted to put the object at the centre of the mid
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,12 @@ class TextToVideoPipeline(TextToImagePipeline):
         arrays = (frames.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
         videos = [[Image.fromarray(frame) for frame in clip] for clip in arrays]
         return VideoPipelineOutput(videos, frames, tokens.cpu())
+
+
+def is_video_pipeline(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved :class:`TextToVideoPipeline` (rather than a text-to-image one)."""
+    index = Path(folder) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == TextToVideoPipeline.__name__
 
 
 def write_video_samples(pipe: TextToVideoPipeline, prompts: list[str], path: Path, seed: int, **sampling) -> None:

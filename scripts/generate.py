@@ -15,14 +15,20 @@ pipeline folder ("a small blue square moving to the right") gives one GIF per cl
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
 
 import torch
 
-from generators import ENTITIES, SAMPLING_KEYS, TextToImagePipeline, TextToVideoPipeline, save_grid
+from generators import (
+    ENTITIES,
+    SAMPLING_KEYS,
+    TextToImagePipeline,
+    TextToVideoPipeline,
+    is_video_pipeline,
+    save_grid,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GENERATOR_CLASSES = {"next-token": "NextTokenGenerator", "next-x": "NextXGenerator"}
@@ -55,11 +61,6 @@ def slug(prompt: str, limit: int = 60) -> str:
 def sampling_flags(args: argparse.Namespace) -> dict:
     """The sampling settings given on the command line (the rest come from the pipeline's defaults)."""
     return {k: v for k in SAMPLING_KEYS if (v := getattr(args, k, None)) is not None}
-
-
-def is_video_pipeline(folder: Path) -> bool:
-    index = folder / "model_index.json"
-    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "TextToVideoPipeline"
 
 
 def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> list[Path]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from generators import TextToImagePipeline, TextToVideoPipeline
+from generators import TextToImagePipeline, TextToVideoPipeline, is_video_pipeline
 from generators.grading import AttributeGrader, grade, load_grader
 from generators.video import grade_videos
 from tokenizers_vis.data import MovingShapes, SyntheticScenes
@@ -75,7 +75,7 @@ def score_videos(pipe, grader: AttributeGrader, prompts: list[str], setting: dic
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    video = json.loads((args.pipeline / "model_index.json").read_text()).get("_class_name") == "TextToVideoPipeline"
+    video = is_video_pipeline(args.pipeline)
     if video and args.num_candidates != 1:
         raise SystemExit("CLIP re-ranking is for still images: use --num-candidates 1 with a text-to-video pipeline")
     pipe = (TextToVideoPipeline if video else TextToImagePipeline).from_pretrained(args.pipeline)
