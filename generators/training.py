@@ -89,6 +89,7 @@ def _digest(path: Path) -> str:
 
 
 def _as_list(items: list) -> list:
+    """Collate that keeps a batch as its list of items (a module-level function, so worker processes can pickle it)."""
     return items
 
 
