@@ -27,7 +27,8 @@ demo: $(STAMP)
 
 # Rebuild the shipped text-to-image assets from seed 0 (tokenizer, CLIP, grader, generator). The generator's
 # 8000 steps of 128 took 3.3 minutes on one H100 GPU (how the shipped one was trained); on 2 CPU cores they take
-# about 10 hours (4.6 s per step), the rest about 30 minutes. The toy VLM for the pruning benchmark: python scripts/train_toy_vlm.py
+# about 10 hours (4.6 s per step), the rest about 30 minutes. The toy VLM for the pruning benchmark is rebuilt
+# separately: python scripts/train_toy_vlm.py
 GEN_STEPS := --steps 8000 --batch-size 128 --warmup-steps 200
 assets: $(STAMP)
 	$(BIN)/accelerate launch scripts/train_tokenizer.py --preset vq-f4 --output-dir runs/assets/tokenizer

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tokenizers_vis import VideoTokenizer, load_tokenizer
-from tokenizers_vis.data import MovingShapes, SyntheticScenes
+from tokenizers_vis.data import MovingShapes, SyntheticScenes, collate_images
 from tokenizers_vis.training import (
     config_from_file,
     lr_lambda,
@@ -88,11 +88,6 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _as_list(items: list) -> list:
-    """Collate that keeps a batch as its list of items (a module-level function, so worker processes can pickle it)."""
-    return items
-
-
 @torch.no_grad()
 def tokenize_data(tokenizer, split: str, cfg: GeneratorTrainConfig, count: int, device, precision: str = "no") -> dict:
     """Renders ``count`` captioned samples of ``split`` and encodes them: ``{"tokens": (N, h, w) int16, "captions":
@@ -116,13 +111,12 @@ def tokenize_data(tokenizer, split: str, cfg: GeneratorTrainConfig, count: int, 
     # On a GPU the encoder outpaces one rendering process by far, so render in workers; on a CPU the encoder
     # needs every core and rendering is a tenth of the time.
     workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    loader = DataLoader(data, batch_size=256, num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(data, batch_size=256, num_workers=workers, collate_fn=collate_images)
     tokens, captions = [], []
-    for items in tqdm(loader, desc=f"tokenizing {split} {cfg.data}", leave=False):
-        batch = torch.stack([it[pixels] for it in items]).to(device)
+    for batch in tqdm(loader, desc=f"tokenizing {split} {cfg.data}", leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            tokens.append(tokenizer.encode(batch).to(torch.int16).cpu())
-        captions += [it["caption"] for it in items]
+            tokens.append(tokenizer.encode(batch[pixels].to(device)).to(torch.int16).cpu())
+        captions += batch["caption"]
     data = {"tokens": torch.cat(tokens), "captions": captions}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
