@@ -7,8 +7,9 @@ grader accuracy, for a given number of CLIP re-ranking candidates.
 Prompts are captions of *training-split* scenes or clips (a seed no other script uses), so the choice is made on
 prompts the benchmark never scores: ``scripts/bench_generation.py`` reports on held-out-split and novel-split
 captions. Videos are scored with ``grade_videos`` (shape and colour on both end frames, and motion direction).
-Prints a table, writes ``<pipeline>/sampling_sweep.json`` and, with ``--write``, stores the best setting as the
-pipeline's defaults in ``model_index.json``.
+Prints a table; ``--report PATH`` saves it as JSON. ``--write`` stores the best setting as the pipeline's defaults in
+``model_index.json`` and the table beside them as ``sampling_sweep.json``; without it the pipeline folder is left
+untouched.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-candidates", type=int, default=1, help="CLIP re-ranking, stored with the defaults")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true", help="store the best setting as the pipeline's defaults")
+    p.add_argument("--report", type=Path, help="also save the table and the best setting to this JSON file")
     return p.parse_args(argv)
 
 
@@ -105,9 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {k: best[k] for k in ("guidance_scale", "temperature", "top_k")} | {"num_candidates": args.num_candidates}
     print(f"best on {args.prompts} training-split prompts: {json.dumps(chosen)} ({best['accuracy']:.1%})")
     report = {"prompts": args.prompts, "seed": TUNING_SEED, "results": results, "best": chosen}
-    (args.pipeline / "sampling_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2) + "\n"
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text)
     if args.write:
         write_defaults(args.pipeline, chosen)
+        (args.pipeline / "sampling_sweep.json").write_text(text)
         print(f"stored as the defaults of {args.pipeline}")
 
 

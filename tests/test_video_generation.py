@@ -182,11 +182,15 @@ def test_generate_cli_writes_gifs_for_a_video_pipeline(tmp_path, script):
         script("generate").main([*flags, "--num-candidates", "2"])
 
 
-def test_tune_sampling_scores_a_video_pipeline_and_stores_its_defaults(tmp_path, script):
+def test_tune_sampling_scores_a_video_pipeline_and_stores_defaults_only_with_write(tmp_path, script):
     TextToVideoPipeline(*tiny_parts()).save_pretrained(tmp_path / "pipe")
     flags = ["--pipeline", str(tmp_path / "pipe"), "--grader", str(ROOT / "assets" / "grader"), "--prompts", "3"]
-    script("tune_sampling").main([*flags, "--guidance-scales", "1,2", "--temperatures", "0.5", "--top-ks", "0"])
-    assert TextToVideoPipeline.from_pretrained(tmp_path / "pipe").defaults["guidance_scale"] == 1.0  # no --write
+    before = {f: f.read_bytes() for f in (tmp_path / "pipe").rglob("*") if f.is_file()}
+    sweep = ["--guidance-scales", "1,2", "--temperatures", "0.5", "--top-ks", "0"]
+    script("tune_sampling").main([*flags, *sweep, "--report", str(tmp_path / "sweep.json")])
+    # no --write: the pipeline folder is untouched, the table goes to --report only
+    assert {f: f.read_bytes() for f in (tmp_path / "pipe").rglob("*") if f.is_file()} == before
+    assert [r["guidance_scale"] for r in json.loads((tmp_path / "sweep.json").read_text())["results"]] == [1.0, 2.0]
     script("tune_sampling").main(
         [*flags, "--guidance-scales", "2", "--temperatures", "0.5", "--top-ks", "0", "--write"]
     )
