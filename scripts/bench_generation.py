@@ -257,8 +257,21 @@ def video(args) -> None:
     pipe = TextToVideoPipeline.from_pretrained(args.video)
     grader = load_grader(args.grader)
     clips = MovingShapes(500, 64, frames=9, split="heldout", seed=args.seed + 1)
-    captions = list(dict.fromkeys(clips.describe(i)["caption"] for i in range(len(clips))))[: args.prompts]
+    first_clip = {}  # caption -> index of the first clip with it
+    for i in range(len(clips)):
+        first_clip.setdefault(clips.describe(i)["caption"], i)
+    captions = list(first_clip)[: args.prompts]
     prompts = [c for c in captions for _ in range(args.images_per_prompt)]
+    # references: the grader on the real clips of these captions and on their tokenizer reconstructions (the ceiling
+    # a generator over these tokens can reach)
+    real = torch.stack([clips[first_clip[c]]["video"] for c in captions])
+    with torch.no_grad():
+        tokens = pipe.tokenizer.encode(real.to(pipe.device, pipe.tokenizer.dtype))
+        recon = pipe.tokenizer.decode(tokens).float().clamp(-1, 1).cpu()
+    references = {
+        "real clips": grade_videos(grader, real, captions),
+        "tokenizer reconstructions": grade_videos(grader, recon, captions),
+    }
     rows = []
     for scale in [float(s) for s in args.video_scales.split(",")]:
         start = time.perf_counter()
@@ -282,6 +295,11 @@ def video(args) -> None:
         lines.append(
             f"| {r['guidance']:g} | {pct(r['appearance_accuracy'])} | {pct(r['direction_accuracy'])} "
             f"| {pct(r['accuracy'])} | {pct(r['color'])} / {pct(r['shape'])} | {r['seconds']:.0f} |"
+        )
+    for name, r in references.items():
+        lines.append(
+            f"| {name} (reference) | {pct(r['appearance_accuracy'])} | {pct(r['direction_accuracy'])} "
+            f"| {pct(r['accuracy'])} | {pct(r['color'])} / {pct(r['shape'])} | |"
         )
     lines += ["", *(f"![](generation/video_g{r['guidance']:g}.gif)" for r in rows), ""]
     replace_section(args.out / "generation.md", VIDEO_HEADER, "\n".join(lines))
