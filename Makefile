@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench assets assets-nx lint clean
+.PHONY: install demo test test-oldest bench assets assets-nx lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,20 @@ assets-nx: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The same suite on the oldest versions pyproject.toml accepts (constraints/oldest.txt), in a venv of its own.
+# PIP_FIND_LINKS is unset for that install: a local torch+cpu wheel of the oldest torch would be preferred to
+# PyPI's, and PyPI's torchvision does not load on it.
+OLD_VENV := .venv-oldest
+OLD_STAMP := $(OLD_VENV)/.installed
+$(OLD_STAMP): pyproject.toml constraints/oldest.txt
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet --upgrade pip
+	env -u PIP_FIND_LINKS $(OLD_VENV)/bin/pip install --quiet -c constraints/oldest.txt -e ".[dev]"
+	touch $(OLD_STAMP)
+
+test-oldest: $(OLD_STAMP)
+	$(OLD_VENV)/bin/python -m pytest -q tests
+
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_tokenizer.py
 	$(BIN)/python scripts/bench_generation.py
@@ -66,4 +80,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(OLD_VENV) runs

@@ -9,6 +9,7 @@ handle.remove()
 """
 
 from .adapters import SUPPORTED_MODELS, Adapter, adapter_for
+from .compat import SUPPORTED_RANGE, TransformersCompatibilityError
 from .methods import IMPORTANCE_OPTIONS, METHODS, PruningMethod
 from .patch import PruneRecord, PruningHandle, apply_pruning
 from .relevance import last_token_attention
@@ -28,10 +29,12 @@ __all__ = [
     "IMPORTANCE_SOURCES",
     "METHODS",
     "SUPPORTED_MODELS",
+    "SUPPORTED_RANGE",
     "Adapter",
     "PruneRecord",
     "PruningHandle",
     "PruningMethod",
+    "TransformersCompatibilityError",
     "adapter_for",
     "apply_pruning",
     "importance_scores",

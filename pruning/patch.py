@@ -21,8 +21,8 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-from transformers.masking_utils import create_causal_mask
 
+from . import compat
 from .adapters import Adapter, adapter_for
 from .methods import PruningMethod
 from .relevance import last_token_attention
@@ -57,6 +57,7 @@ class _Session:
     cache: weakref.ref | None
     full_len: int  # original (padded) prompt length
     pruned_len: int  # prompt length at the decoder input (cache length of the layers before `layer`)
+    decoded: int  # tokens appended to the cache after the prefill
     mask: torch.Tensor  # (B, pruned_len)
     visual: torch.Tensor  # (B, pruned_len) visual-token flags of the shortened sequence
     layer_mask: torch.Tensor | None = None  # (B, L2) prompt mask from the in-decoder layer on
@@ -99,6 +100,7 @@ class PruningHandle:
         self.last: PruneRecord | None = None
         self._session: _Session | None = None
         self._visual: torch.Tensor | None = None  # visual flags of the current outer call
+        self._outer_cache = None  # the cache the current outer call received; the decoder must receive it too
         self._step: dict | None = None  # per-forward state shared by the layer hooks
         self._hooks = []
         model._pruning_handle = self  # marks the instance so that a second patch is refused
@@ -115,7 +117,7 @@ class PruningHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._session = self._visual = self._step = None
+        self._session = self._visual = self._step = self._outer_cache = None
         if getattr(self.model, "_pruning_handle", None) is self:
             del self.model._pruning_handle
 
@@ -137,31 +139,37 @@ class PruningHandle:
             and cache.get_seq_length() > 0
         )
 
-    def _full_past(self, cache) -> int:
+    def _full_past(self) -> int:
         """Tokens seen so far in the original coordinates (the cache is shorter by the removed tokens)."""
         s = self._session
-        return cache.get_seq_length() - s.pruned_len + s.full_len
+        return s.full_len + s.decoded
 
     def _outer_hook(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        cache = kwargs.get("past_key_values")
+        cache = compat.cache_from(kwargs)
         self._visual = None
+        self._outer_cache = cache
         if self._continuing(cache):
             if kwargs.get("attention_mask") is None:
                 # a missing mask means "no padding" in original coordinates; make that explicit so the model
                 # (Qwen: mask cumsum + rope_deltas) continues positions from the full prompt length
                 new = (input_ids if input_ids is not None else embeds).shape[:2]
                 kwargs["attention_mask"] = torch.ones(
-                    new[0], self._full_past(cache) + new[1], dtype=torch.long, device=self._session.mask.device
+                    new[0], self._full_past() + new[1], dtype=torch.long, device=self._session.mask.device
                 )
         elif cache is None or cache.get_seq_length() == 0:
             self._visual = self.adapter.visual_mask(input_ids, embeds)
         return args, kwargs
 
     def _decoder_hook(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = compat.cache_from(kwargs)
         self._step = None
+        outer, self._outer_cache = self._outer_cache, None
+        if outer is not None and cache is not outer:
+            raise compat.TransformersCompatibilityError(
+                "the outer model received a KV cache but its decoder received none or another one"
+            )
         if self._continuing(cache):
             return args, self._continue(kwargs, cache)
         visual, self._visual = self._visual, None
@@ -172,9 +180,16 @@ class PruningHandle:
 
     def _continue(self, kwargs: dict, cache) -> dict:
         s = self._session
+        if cache.get_seq_length() != s.pruned_len + s.decoded:
+            # the cache was not extended by exactly the decoded tokens: masks and positions would be misaligned
+            raise compat.TransformersCompatibilityError(
+                f"the KV cache holds {cache.get_seq_length()} tokens where the pruned prefill ({s.pruned_len}) plus "
+                f"the decoded tokens ({s.decoded}) make {s.pruned_len + s.decoded}"
+            )
         embeds = kwargs["inputs_embeds"]
         b, q = embeds.shape[:2]
-        full_past = self._full_past(cache)
+        full_past = self._full_past()
+        s.decoded += q
         mask = kwargs.get("attention_mask")
         if mask is None:
             mask = torch.ones(b, full_past + q, dtype=s.mask.dtype, device=embeds.device)
@@ -227,6 +242,7 @@ class PruningHandle:
             cache=weakref.ref(cache) if cache is not None else None,
             full_len=n,
             pruned_len=src.shape[1],
+            decoded=0,
             mask=new_mask,
             visual=kept_visual,
         )
@@ -266,6 +282,7 @@ class PruningHandle:
             step = self._step
             if step is None:
                 return args, kwargs
+            compat.check_layer_call(idx, kwargs)
             if idx == self.layer:
                 if step.get("prefill"):
                     args, kwargs = self._prune_at_layer(module, args, kwargs)
@@ -304,13 +321,7 @@ class PruningHandle:
 
     def _layer_attention_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, kwargs: dict):
         """The mask the model would build for this layer's (shorter) keys, in its attention implementation's form."""
-        return create_causal_mask(
-            config=self.adapter.text_config,
-            inputs_embeds=hidden,
-            attention_mask=mask2d,
-            past_key_values=kwargs.get("past_key_values"),
-            layer_idx=self.layer,
-        )
+        return compat.causal_mask(self.adapter.text_config, hidden, mask2d, compat.cache_from(kwargs), self.layer)
 
 
 def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: float = 0.25, **method_kwargs):
@@ -337,6 +348,8 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     """
     spec = PruningMethod.create(method, keep_ratio, **method_kwargs)
     adapter = adapter_for(model)
+    compat.check_version()
+    compat.check_interfaces(adapter.language_model, adapter.layers if spec.prunes_in_decoder else None)
     if getattr(model, "_pruning_handle", None) is not None:
         raise ValueError("this model is already patched; call remove() on its current handle first")
     if spec.prunes_in_decoder:

@@ -15,7 +15,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from pruning import METHODS, apply_pruning
+from pruning import METHODS, apply_pruning, compat
+from pruning.compat import TransformersCompatibilityError, cache_parameter
 
 IMAGE, VIDEO, V_START, V_END, PAD = 99, 98, 97, 96, 0
 TEXT = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
@@ -218,12 +219,13 @@ def test_manual_decode_step_continues_positions(model_and_batch, method, with_ma
     family, model, batch = model_and_batch
     if not with_mask:
         batch = first_sample(family, batch)
+    cache_arg = cache_parameter(model.forward)  # the name the installed transformers takes without a warning
     with apply_pruning(model, method=method, keep_ratio=0.5, **DETERMINISTIC[method]):
-        prefill = model(**batch, past_key_values=DynamicCache(), use_cache=True)
+        prefill = model(**batch, **{cache_arg: DynamicCache()}, use_cache=True)
         token = prefill.logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(token)], dim=1)
         step_mask = {"attention_mask": mask} if with_mask else {}
-        step = model(input_ids=token, past_key_values=prefill.past_key_values, **step_mask)
+        step = model(input_ids=token, **{cache_arg: getattr(prefill, cache_arg)}, **step_mask)
         extended = dict(batch, input_ids=torch.cat([batch["input_ids"], token], 1), attention_mask=mask)
         if "mm_token_type_ids" in batch:
             extended["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(token)], 1).int()
@@ -313,3 +315,76 @@ def test_bad_model_and_bad_options_are_refused():
         apply_pruning(model, keep_ratio=0.5)
     handle.remove()
     apply_pruning(model, keep_ratio=0.5).remove()
+
+
+# ---- transformers compatibility: a call that does not look as expected raises, never decodes on ----------------
+
+SUPPORTED = "supports transformers " + compat.OLDEST_TESTED
+
+
+@torch.no_grad()
+def test_cache_under_an_unknown_name_raises(monkeypatch):
+    """Fakes the 5.24 rename (past_key_values -> cache): pruning that knows only the other name must refuse to
+    decode instead of treating every step as a new prompt."""
+    model, batch = tiny_llava(), llava_batch()
+    installed = cache_parameter(model.model.language_model.forward)
+    with apply_pruning(model, method="idpruner", keep_ratio=0.5):
+        monkeypatch.setattr(compat, "CACHE_NAMES", tuple(n for n in compat.CACHE_NAMES if n != installed))
+        with pytest.raises(TransformersCompatibilityError, match=f"passed as '{installed}'.*{SUPPORTED}"):
+            greedy(model, **batch)
+
+
+def test_decoder_without_known_cache_argument_is_refused(monkeypatch):
+    model = tiny_llava()
+    installed = cache_parameter(model.model.language_model.forward)
+    monkeypatch.setattr(compat, "CACHE_NAMES", tuple(n for n in compat.CACHE_NAMES if n != installed))
+    with pytest.raises(TransformersCompatibilityError, match=f"takes no cache argument.*{SUPPORTED}"):
+        apply_pruning(model, method="idpruner", keep_ratio=0.5)
+    assert not hasattr(model, "_pruning_handle")
+
+
+@torch.no_grad()
+def test_cache_length_mismatch_raises():
+    """A cache that did not grow by exactly the decoded tokens would misalign masks and positions."""
+    model, batch = tiny_llava(), llava_batch()
+    cache_arg = cache_parameter(model.forward)
+    with apply_pruning(model, method="idpruner", keep_ratio=0.5):
+        prefill = model(**batch, **{cache_arg: DynamicCache()}, use_cache=True)
+        cache = getattr(prefill, cache_arg)
+        text = model.config.text_config
+        extra = torch.zeros(2, text.num_key_value_heads, 1, text.hidden_size // text.num_attention_heads)
+        for layer in range(text.num_hidden_layers):
+            cache.update(extra, extra, layer)  # a token the hooks never saw
+        token = prefill.logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(token)], dim=1)
+        with pytest.raises(TransformersCompatibilityError, match=f"cache holds .* tokens.*{SUPPORTED}"):
+            model(input_ids=token, attention_mask=mask, **{cache_arg: cache})
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dropped", ["cache", "position_embeddings"])
+def test_missing_argument_in_the_hooked_call_raises(dropped):
+    """Fakes a release whose outer model stops handing its cache to the decoder, or whose decoder stops handing
+    rotary embeddings to its layers: the hooks raise instead of decoding on."""
+    model, batch = tiny_llava(), llava_batch()
+    if dropped == "cache":
+        module, names = model.model.language_model, compat.CACHE_NAMES
+    else:
+        module, names = model.model.language_model.layers[2], ("position_embeddings",)
+
+    def drop(module, args, kwargs):
+        return args, {k: v for k, v in kwargs.items() if k not in names}
+
+    with apply_pruning(model, method="todre", keep_ratio=0.5, layer=2):
+        module.register_forward_pre_hook(drop, with_kwargs=True, prepend=True)
+        with pytest.raises(TransformersCompatibilityError, match=SUPPORTED):
+            greedy(model, **batch)
+
+
+def test_untested_transformers_version_is_named(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    model = tiny_llava()
+    with pytest.warns(UserWarning, match=f"tested with transformers {compat.OLDEST_TESTED} to {compat.NEWEST_TESTED}"):
+        apply_pruning(model, keep_ratio=0.5).remove()
