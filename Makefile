@@ -58,14 +58,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # The same suite on the oldest versions pyproject.toml accepts (constraints/oldest.txt), in a venv of its own.
-# PIP_FIND_LINKS is unset for that install: a local torch+cpu wheel of the oldest torch would be preferred to
-# PyPI's, and PyPI's torchvision does not load on it.
 OLD_VENV := .venv-oldest
 OLD_STAMP := $(OLD_VENV)/.installed
 $(OLD_STAMP): pyproject.toml constraints/oldest.txt
 	$(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/pip install --quiet --upgrade pip
-	env -u PIP_FIND_LINKS $(OLD_VENV)/bin/pip install --quiet -c constraints/oldest.txt -e ".[dev]"
+	$(OLD_VENV)/bin/pip install --quiet -c constraints/oldest.txt -e ".[dev]"
 	touch $(OLD_STAMP)
 
 test-oldest: $(OLD_STAMP)

@@ -34,7 +34,7 @@ def oldest_pins() -> dict[str, str]:
     for line in (ROOT / "constraints" / "oldest.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
-            name, version = line.split("==")
+            name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)={2,3}([0-9.]+)", line).groups()
             pins[_name(name)] = version
     return pins
 
