@@ -1,9 +1,13 @@
-"""Selection functions on small hand-made inputs: exact picks, original order, budgets and masks."""
+"""Selection functions and the method table on small hand-made inputs: exact picks, original order, budgets and
+masks."""
+
+from dataclasses import fields
 
 import pytest
 import torch
 
 from pruning import (
+    METHODS,
     PruningMethod,
     importance_scores,
     indices_to_mask,
@@ -13,6 +17,7 @@ from pruning import (
     random_selection,
     topk_importance,
 )
+from pruning.methods import TABLE, MethodRow
 
 # five 2D directions: 0 and 1 nearly equal, 2 and 4 nearly equal, 3 opposite to 0
 FEATS = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.1, 0.9]]])
@@ -116,3 +121,71 @@ def test_method_budgets():
     assert method.budget(torch.tensor([576, 3, 0])).tolist() == [144, 1, 0]
     kept = method.decoder_budget(torch.tensor([144, 144]), torch.tensor([0.5, 0.05]))
     assert kept.tolist() == [72, 0]
+
+
+def test_every_row_is_a_valid_method():
+    options = {f.name for f in fields(PruningMethod)} - {"name", "keep_ratio"}
+    feats = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    for name, row in TABLE.items():
+        assert row.before_llm or row.in_decoder, name
+        assert set(row.defaults) <= options, name
+        assert not PruningMethod.create(name, 1.0).prunes_before_llm
+        assert not PruningMethod.create(name, 1.0).prunes_in_decoder
+        method = PruningMethod.create(name, 0.5)
+        assert (method.prunes_before_llm, method.prunes_in_decoder) == (bool(row.before_llm), bool(row.in_decoder))
+        if row.before_llm:
+            picked = method.select_before_llm(feats, valid)  # budgets 3 and 2
+            assert (picked >= 0).sum(1).tolist() == [3, 2]
+            assert valid.gather(1, picked.clamp(min=0))[picked >= 0].all()
+        if row.in_decoder:
+            kept = method.decoder_budget(torch.tensor([8, 0]), torch.tensor([0.5, 0.5]))
+            assert kept.tolist() == [4, 0]
+
+
+def test_builtin_rows_stages_and_layers():
+    stages = {
+        n: (PruningMethod.create(n, 0.5).prunes_before_llm, PruningMethod.create(n, 0.5).prunes_in_decoder)
+        for n in METHODS
+    }
+    assert stages == {
+        "todre": (True, True),
+        "idpruner": (True, False),
+        "random": (True, False),
+        "importance": (True, False),
+        "divprune": (True, False),
+        "fastv": (False, True),
+    }
+    assert PruningMethod.create("todre", 0.5).decoder_layer(32) == 28  # 7/8 of the depth
+    assert PruningMethod.create("fastv", 0.5).decoder_layer(32) == 2
+    assert PruningMethod.create("fastv", 0.5, layer=5).decoder_layer(32) == 5
+
+
+def test_builtin_rows_call_their_selection():
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    imp = importance_scores(FEATS, "norm", valid)
+    expected = {
+        "todre": k_center(FEATS, 3, valid, imp),
+        "idpruner": mmr(FEATS, imp, 3, 0.5, valid),
+        "random": random_selection(5, 3, valid, generator=torch.Generator().manual_seed(0)),
+        "importance": topk_importance(imp, 3, valid),
+        "divprune": max_min_diversity(FEATS, 3, valid),
+    }
+    for name, picks in expected.items():
+        assert torch.equal(PruningMethod.create(name, 0.6).select_before_llm(FEATS, valid), picks), name
+
+
+def test_new_row_works_through_pruning_method(monkeypatch):
+    def first_k(method, features, k, valid, text):  # the first k valid tokens
+        return topk_importance(-torch.arange(features.shape[1], dtype=torch.float).expand(valid.shape), k, valid)
+
+    row = MethodRow(before_llm=first_k, in_decoder=TABLE["fastv"].in_decoder, defaults={"layer": 1, "seed": 5})
+    monkeypatch.setitem(TABLE, "first", row)
+    method = PruningMethod.create("first", 0.4)
+    assert method.prunes_before_llm and method.prunes_in_decoder
+    assert (method.layer, method.seed, method.mmr_lambda) == (1, 5, 0.5)  # row defaults, then the global ones
+    assert PruningMethod.create("first", 0.4, layer=3).decoder_layer(4) == 3  # the caller's option wins
+    assert method.select_before_llm(FEATS, torch.ones(1, 5, dtype=torch.bool)).tolist() == [[0, 1]]
+    assert method.decoder_budget(torch.tensor([10]), torch.tensor([0.0])).tolist() == [4]
+    with pytest.raises(ValueError, match="accepted: todre, .*, fastv, first"):
+        PruningMethod.create("last", 0.4)
