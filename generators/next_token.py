@@ -32,15 +32,9 @@ head m predicts the token m places after the slot's target (token i + m at slot 
 ``next_all``). Each is a residual SwiGLU block (pre-norm, the decoder's MLP width) followed by its own norm and
 projection to the codebook, so the heads share the trunk but not the main head. The loss adds the mean of the
 extra heads' cross-entropies (over slots whose token m ahead exists) to the main one; ``random`` steps train no
-extra head. ``generate`` uses the heads for **self-verification** (blockwise parallel decoding, Stern et al.
-2018): the main head's token and the extra heads' argmax proposals for the tokens after it are fed in one forward,
-the main head's choices on that block are drawn (guided, filtered, sampled or greedy exactly as in plain
-decoding), proposals are accepted up to the first one that differs from the main head's choice, that choice is
-accepted too, and the KV cache is rolled back to the accepted length; the extra heads on the last accepted slot
-give the next proposals. Every emitted token is thus the main head's own choice given the emitted prefix: greedy
-output equals one-token-at-a-time decoding, and sampled output has the same distribution (a proposal is accepted
-only when it equals the sample drawn at its position; the random stream differs, so seeded samples differ).
-A batch advances by the shortest accepted block of its rows, which keeps one cache for all rows.
+extra head. ``generate`` uses the heads for **self-verification** (blockwise parallel decoding, run by
+:mod:`generators.decoding`): several tokens are proposed and checked per forward, and every emitted token is still
+the main head's own choice, so greedy output equals plain decoding and sampled output has the same distribution.
 """
 
 from __future__ import annotations
@@ -52,10 +46,10 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
-from tqdm.auto import tqdm
 
 from .conditioning import Condition, PrefixConditioning
-from .sampling import guidance_at, guide, sample_logits
+from .decoding import TokenDecoder, guided_prefix
+from .sampling import TokenSampler
 from .transformer import SwiGLU, Transformer
 
 OBJECTIVES = ("next", "random", "next_all")
@@ -280,57 +274,10 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
                 f"num_predict_used must be in [1, {self.config.num_predict}] (this generator's num_predict), "
                 f"got {num_predict_used}"
             )
-        batch_size = self._batch_of(condition, batch_size)
-        guided = guidance_scale != 1.0 and self.config.condition != "none"
-        prefix = self.prefix(condition, batch_size)
-        if guided:
-            prefix = torch.cat([prefix, self._null_prefix(batch_size).to(prefix.dtype)])
-        copies = prefix.shape[0] // batch_size
-        n, p = self.num_tokens, self.prefix_length
-
-        def mixed(logits: torch.Tensor, token: int) -> torch.Tensor:
-            """Logits ``(rows, V)`` for grid token ``token`` -> ``(B, V)``, guided when guidance is on."""
-            logits = logits.float()
-            return guide(logits, guidance_at(guidance_scale, token, n, guidance_schedule)) if guided else logits
-
-        # seq[:, j] is what slot j holds: the start token, then the accepted tokens
-        seq = torch.full((batch_size, 1), self.config.codebook_size, device=prefix.device, dtype=torch.long)
-        proposals = seq.new_empty(batch_size, 0)  # for the tokens right after the accepted ones
-        cache = self.transformer.new_cache(prefix.shape[0], p + n, prefix.device, prefix.dtype) if use_cache else None
-        passes = 0
-        with tqdm(total=n, desc="sampling", disable=not progress, leave=False) as bar:
-            while (i := seq.shape[1] - 1) < n:
-                # slot i holds the last accepted token, slots i + 1 ... the proposals; a proposal for the grid's last
-                # token has no slot to be fed into and is only checked
-                fed = min(proposals.shape[1], n - 1 - i)
-                slots = torch.cat([seq, proposals[:, :fed]], dim=1).repeat(copies, 1)
-                if cache is not None and i > 0:
-                    x = self._token_slots(slots[:, i:], i)  # the earlier slots are in the cache
-                else:
-                    x = torch.cat([prefix, self._token_slots(slots, 0)], dim=1)
-                start = cache.length if cache is not None else 0
-                h = self.transformer(x, self._positions(start, x.shape[1]), cache=cache)[:, -(fed + 1) :]
-                passes += 1
-                choices = torch.stack(
-                    [
-                        sample_logits(mixed(self.head(h[:, j]), i + j), temperature, top_k, top_p, generator)
-                        for j in range(fed + 1)
-                    ],
-                    dim=1,
-                )  # the main head's tokens i ... i + fed
-                agree = (choices[:, : proposals.shape[1]] == proposals).all(0)
-                new = min(int(agree.cumprod(0).sum()) + 1, fed + 1)
-                seq = torch.cat([seq, choices[:, :new]], dim=1)
-                if cache is not None:
-                    cache.length = p + i + new  # drops the slots that held rejected proposals
-                bar.update(new)
-                i += new
-                # the extra heads on the last accepted slot propose the tokens after it (at most up to the grid's end)
-                last, heads = h[:, new - 1], self.extra_heads[: min(block - 1, n - i)]
-                proposals = seq.new_empty(batch_size, 0)
-                if len(heads):
-                    proposals = torch.stack(
-                        [mixed(head(last), i + m).argmax(-1) for m, head in enumerate(heads)], dim=1
-                    )
-        tokens = seq[:, 1:].reshape(batch_size, *self.config.grid_size)
-        return (tokens, {"forward_passes": passes}) if return_stats else tokens
+        prefix = guided_prefix(self, condition, batch_size, guidance_scale)
+        sampler = TokenSampler(
+            self.num_tokens, prefix.guided, guidance_scale, guidance_schedule, temperature, top_k, top_p, generator
+        )
+        decoder = TokenDecoder(self, prefix, sampler, block, use_cache)
+        tokens = decoder.decode(progress).reshape(prefix.batch_size, *self.config.grid_size)
+        return (tokens, {"forward_passes": decoder.forward_passes}) if return_stats else tokens

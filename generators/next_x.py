@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .conditioning import Condition, PrefixConditioning
+from .decoding import guided_prefix
 from .entities import block_causal_mask, make_entity
 from .flow_head import FlowHead, TimeEmbedding
 from .sampling import guidance_at
@@ -184,28 +185,24 @@ class NextXGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self._check()
         steps = flow_steps or self.config.flow_steps
-        batch_size = self._batch_of(condition, batch_size)
-        guided = guidance_scale != 1.0 and self.config.condition != "none"
-        prefix = self.prefix(condition, batch_size)
-        if guided:
-            prefix = torch.cat([prefix, self._null_prefix(batch_size).to(prefix.dtype)])
-        rows, p, ents = prefix.shape[0], self.prefix_length, self.entities
-        seq = prefix.new_zeros(rows, ents.length, self.config.latent_dim)
-        levels = prefix.new_zeros(rows, ents.num_entities)  # the context is clean at sampling
+        prefix = guided_prefix(self, condition, batch_size, guidance_scale)
+        rows, p, ents = prefix.embeds.shape[0], self.prefix_length, self.entities
+        seq = prefix.embeds.new_zeros(rows, ents.length, self.config.latent_dim)
+        levels = prefix.embeds.new_zeros(rows, ents.num_entities)  # the context is clean at sampling
         positions, mask = self._positions(), block_causal_mask(ents, p)
-        cache = self.transformer.new_cache(rows, p + ents.length, prefix.device, prefix.dtype) if use_cache else None
+        cache = prefix.new_cache(self.transformer, ents.length) if use_cache else None
         for e in tqdm(range(ents.num_entities), desc="sampling", disable=not progress, leave=False):
             start, end = ents.offsets[e], ents.offsets[e + 1]
             slots = self._slots(seq, levels)
             if use_cache and e > 0:  # only this entity's slots; the rest is in the cache
                 x, first = slots[:, start:end], p + start
-                attn = torch.ones(end - start, p + end, dtype=torch.bool, device=prefix.device)
+                attn = torch.ones(end - start, p + end, dtype=torch.bool, device=seq.device)
             else:
-                x, first, attn = torch.cat([prefix, slots[:, :end]], 1), 0, mask[: p + end, : p + end]
+                x, first, attn = torch.cat([prefix.embeds, slots[:, :end]], 1), 0, mask[: p + end, : p + end]
             z = self.transformer(x, positions[first : p + end], cache=cache, attn_mask=attn)[:, start - end :]
-            z_cond, z_uncond = z.chunk(2) if guided else (z, None)
+            z_cond, z_uncond = z.chunk(2) if prefix.guided else (z, None)
             scale = guidance_at(guidance_scale, e, ents.num_entities, guidance_schedule)
             elements = self.head.sample(z_cond, z_uncond, scale, steps, temperature, generator)
-            seq[:, start:end] = elements.to(seq.dtype).repeat(rows // batch_size, 1, 1)
-        latents = ents.merge(seq[:batch_size]).permute(0, 2, 3, 1).float()
+            seq[:, start:end] = elements.to(seq.dtype).repeat(prefix.copies, 1, 1)
+        latents = ents.merge(seq[: prefix.batch_size]).permute(0, 2, 3, 1).float()
         return torch.cdist(latents.flatten(1, 2), self._normalised_codes().float()).argmin(-1).view(latents.shape[:3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -65,3 +66,30 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     """``(2B, V)`` logits, conditional rows first, unconditional after -> guided ``(B, V)``."""
     cond, uncond = logits.chunk(2)
     return uncond + scale * (cond - uncond)
+
+
+@dataclass(frozen=True)
+class TokenSampler:
+    """How one sampling call turns the logits for grid token ``token`` of ``total`` into tokens: guided (rows
+    conditional first, null after) with ``guidance_scale`` at that token's point of ``guidance_schedule`` when
+    ``guided``, then sampled with temperature / top-k / top-p, or greedy at ``temperature == 0``."""
+
+    total: int
+    guided: bool = False
+    guidance_scale: float = 1.0
+    guidance_schedule: str = "constant"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    def logits(self, logits: torch.Tensor, token: int) -> torch.Tensor:
+        """Logits ``(rows, V)`` -> float ``(B, V)``, guided when guidance is on."""
+        logits = logits.float()
+        if not self.guided:
+            return logits
+        return guide(logits, guidance_at(self.guidance_scale, token, self.total, self.guidance_schedule))
+
+    def sample(self, logits: torch.Tensor, token: int) -> torch.Tensor:
+        """Logits ``(rows, V)`` -> tokens ``(B,)``."""
+        return sample_logits(self.logits(logits, token), self.temperature, self.top_k, self.top_p, self.generator)
