@@ -34,15 +34,12 @@ from generators import (
     GeneratorTrainConfig,
     TextToImagePipeline,
     TextToVideoPipeline,
-    grade,
-    grade_videos,
-    load_grader,
     save_grid,
     train_generator,
 )
-from generators.evaluation import clip_score, frechet_distance
 from tokenizers_vis import TrainConfig, train_tokenizer
 from tokenizers_vis.data import MovingShapes, SyntheticScenes
+from tokenizers_vis.evaluation import clip_score, frechet_distance, grade, grade_videos, load_grader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -286,7 +283,8 @@ def video(args) -> None:
         f"Command: `python scripts/bench_generation.py --video {args.video}`. {len(captions)} held-out moving-shape "
         f"captions x {args.images_per_prompt} clips, sampling defaults {json.dumps(pipe.defaults)} except guidance. "
         "Appearance: colour and shape right on the first and the last frame; direction: the object's displacement "
-        "from the first to the last frame is the prompted one of 8 directions (`generators.video.grade_videos`).",
+        "from the first to the last frame is the prompted one of 8 directions "
+        "(`tokenizers_vis.evaluation.grade_videos`).",
         "",
         "| guidance | appearance (first & last frames) | direction | both | colour / shape per frame | seconds |",
         "|---|---|---|---|---|---|",

@@ -2,10 +2,10 @@
 
 Family (default): every image tokenizer is trained in this run with the same loop, data, seed, optimiser, schedule
 and number of steps, at 64x64 with about 64 tokens per image, then compared on held-out PSNR, SSIM, codebook usage,
-a linear probe of the scene attributes from frozen quantized features (:mod:`tokenizers_vis.probe`), the Fréchet
-distance between CLIP image embeddings of originals and reconstructions, and encode+decode speed (ratio against the
-plain vq2d row). The video tokenizer is trained on 17-frame moving-shape clips; its PSNR / SSIM / usage are on
-held-out clips, its probe, FD and speed on images (one-frame videos).
+a linear probe of the scene attributes from frozen quantized features (:mod:`tokenizers_vis.evaluation.probe`), the
+Fréchet distance between CLIP image embeddings of originals and reconstructions, and encode+decode speed (ratio
+against the plain vq2d row). The video tokenizer is trained on 17-frame moving-shape clips; its PSNR / SSIM / usage
+are on held-out clips, its probe, FD and speed on images (one-frame videos).
 
     python scripts/bench_tokenizer.py                       # writes benchmarks/tokenizer.md
     python scripts/bench_tokenizer.py --reuse --rows vq2d dual   # reuse finished runs in --output-dir
@@ -24,18 +24,25 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from generators.evaluation import frechet_distance
 from tokenizers_vis import TrainConfig, create_tokenizer, load_tokenizer, train_tokenizer
 from tokenizers_vis.baselines import DiffusersVQTokenizer
 from tokenizers_vis.clip import DEFAULT_CLIP, load_clip
 from tokenizers_vis.data import build_dataset, collate_images
-from tokenizers_vis.metrics import codebook_sizes, reconstruct
-from tokenizers_vis.probe import linear_probe, probe_latents
+from tokenizers_vis.evaluation import codebook_sizes, frechet_distance, linear_probe, probe_latents, reconstruct
+from tokenizers_vis.registry import tokenizer_families
 from tokenizers_vis.training import materialize
+
+
+def kind_row(kind: str, **fields) -> tuple[str, dict, dict]:
+    """A row trained like ``scripts/train_tokenizer.py --tokenizer KIND``: its default preset and run defaults,
+    with ``fields`` on top."""
+    family = tokenizer_families()[kind]
+    return family.default_preset, {**family.run_defaults, **fields}, {}
+
 
 # name -> (preset, TrainConfig fields, model overrides)
 ROWS: dict[str, tuple[str, dict, dict]] = {
-    "vq2d": ("vq-f8", {}, {}),
+    "vq2d": kind_row("vq2d"),
     "vq2d+clip-dec": ("vq-f8", {"semantic_teacher": "clip"}, {}),
     "vq2d+clip-enc": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "encoder"}),
     "vq2d+clip-q": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "quantized"}),
@@ -59,25 +66,13 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     ),
     # the same dual tokenizer with no teacher: the baseline of its semantic regularization
     "dual-none": ("dual-f8", {"semantic_teacher": ""}, {}),
-    "dual": ("dual-f8", {"semantic_teacher": "clip"}, {}),
+    "dual": kind_row("dual"),
     "dual+grader": ("dual-f8", {"semantic_teacher": "assets/grader"}, {}),
     "vq1d-32": ("vq1d-32", {}, {}),
     "vq1d-32-hybrid": ("vq1d-32-hybrid", {}, {}),
     "vq1d-32-prior": ("vq1d-32-prior", {}, {}),
     "vq1d-64": ("vq1d-64", {}, {}),
-    # the `--tokenizer video` defaults of scripts/train_tokenizer.py
-    "video": (
-        "video-f8t4",
-        {
-            "data": "videos",
-            "train_samples": 4000,
-            "batch_size": 8,
-            "image_batch_size": 16,
-            "eval_samples": 128,
-            "steps": 2400,
-        },
-        {},
-    ),
+    "video": kind_row("video", steps=2400),
 }
 
 

@@ -30,16 +30,8 @@ import torch
 from tqdm import tqdm
 
 from tokenizers_vis.clip import CLIPEncoder, SmallCLIPConfig, contrastive_loss
-from tokenizers_vis.data.scenes import (
-    COLORS,
-    HELDOUT_PAIRS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    SyntheticScenes,
-    make_caption,
-    render_scene,
-)
+from tokenizers_vis.data.language import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, make_caption
+from tokenizers_vis.data.scenes import SyntheticScenes, render_scene
 
 ATTRIBUTES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "cell": tuple(range(len(POSITIONS)))}
 

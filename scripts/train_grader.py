@@ -1,6 +1,6 @@
 """Train the attribute grader that scores text-to-image generation, and ship it in ``assets/grader``.
 
-The grader (``generators.grading.AttributeGrader``) learns to read shape, colour, size and cell of every object
+The grader (``tokenizers_vis.evaluation.AttributeGrader``) learns to read shape, colour, size and cell of every object
 off 64x64 synthetic scenes. It will grade images decoded by a VQ tokenizer, which are slightly blurry and round
 off the corners of small shapes, so training images are degraded the same way (gaussian blur, mild noise,
 down-up resampling, horizontal flips); pixel colours are never altered, as colour is an attribute.
@@ -38,7 +38,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from generators.grading import AttributeGrader, grade  # noqa: E402
 from tokenizers_vis import load_tokenizer  # noqa: E402
 from tokenizers_vis.data import (  # noqa: E402
     COLORS,
@@ -48,6 +47,7 @@ from tokenizers_vis.data import (  # noqa: E402
     render_scene,
     scene_labels,
 )
+from tokenizers_vis.evaluation import AttributeGrader, grade  # noqa: E402
 
 RESOLUTION = 64
 

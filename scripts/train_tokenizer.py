@@ -23,17 +23,7 @@ import yaml
 
 from tokenizers_vis import TrainConfig, list_tokenizers, train_tokenizer
 from tokenizers_vis.quantizers import QUANTIZERS
-from tokenizers_vis.registry import KINDS, preset_kind
-
-# Run settings a kind needs unless the command line or config file says otherwise. Videos: a smaller pool, and
-# 9-frame training clips in batches of 8 plus 16 still scenes per step (clip frames are near-duplicates: 17-frame
-# batches of 4 plateaued near 19.5 dB and 9-frame batches of 8 reached only 21.6 dB after 1200 steps, even on
-# their first frame, which is coded like an image); held-out clips keep 17 frames. DualToken's semantic codebook
-# is defined by its teacher.
-KIND_DEFAULTS: dict[str, dict] = {
-    "video": {"data": "videos", "train_samples": 4000, "batch_size": 8, "image_batch_size": 16, "eval_samples": 128},
-    "dual": {"semantic_teacher": "clip"},
-}
+from tokenizers_vis.registry import preset_kind, tokenizer_families
 
 
 def _file_keys(path: str) -> set[str]:
@@ -46,13 +36,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON or YAML file with TrainConfig fields; flags override it")
+    families = tokenizer_families()  # read at parse time, so families registered after import are offered too
     p.add_argument(
         "--tokenizer",
-        choices=list(KINDS),
+        choices=list(families),
         help="tokenizer family; picks its default preset ("
-        + ", ".join(f"{k}: {v[1]}" for k, v in KINDS.items())
+        + ", ".join(f"{k}: {f.default_preset}" for k, f in families.items())
         + ") and run defaults "
-        + json.dumps(KIND_DEFAULTS),
+        + json.dumps({k: f.run_defaults for k, f in families.items() if f.run_defaults}),
     )
     p.add_argument("--preset", choices=list_tokenizers(), help=f"model preset (default {defaults.preset})")
     p.add_argument("--quantizer", choices=QUANTIZERS, help="override the preset's quantizer")
@@ -100,10 +91,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if args["tokenizer"]:
         kind = args["tokenizer"]
         explicit = set(overrides) | (_file_keys(args["config"]) if args["config"] else set())
-        preset = cfg.preset if "preset" in explicit else KINDS[kind][1]
+        preset = cfg.preset if "preset" in explicit else families[kind].default_preset
         if preset_kind(preset) != kind:
             raise SystemExit(f"--tokenizer {kind} does not match preset {preset!r} (a {preset_kind(preset)} preset)")
-        kind_defaults = {k: v for k, v in KIND_DEFAULTS.get(kind, {}).items() if k not in explicit}
+        # a kind's run defaults apply unless the command line or config file says otherwise
+        kind_defaults = {k: v for k, v in families[kind].run_defaults.items() if k not in explicit}
         cfg = dataclasses.replace(cfg, preset=preset, **kind_defaults)
     model_overrides = dict(cfg.model_overrides)
     if args["quantizer"]:

@@ -31,8 +31,8 @@ from pruning.toy_vlm import (  # noqa: E402
     toy_llava_config,
     train,
 )
-from tokenizers_vis.data import COLORS, POSITIONS, SHAPES, SIZES, SyntheticScenes  # noqa: E402
-from tokenizers_vis.data.scenes import SIZE_FRACTION  # noqa: E402
+from tokenizers_vis.data import SyntheticScenes  # noqa: E402
+from tokenizers_vis.data.language import COLORS, POSITIONS, SHAPES, SIZE_FRACTION, SIZES  # noqa: E402
 
 VOCAB = SceneVocab(SHAPES, COLORS, POSITIONS, tuple(SIZE_FRACTION[s] for s in SIZES), max_objects=3)
 

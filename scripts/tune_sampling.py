@@ -26,9 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from generators import TextToImagePipeline, TextToVideoPipeline, is_video_pipeline
-from generators.grading import AttributeGrader, grade, load_grader
-from generators.video import grade_videos
 from tokenizers_vis.data import MovingShapes, SyntheticScenes
+from tokenizers_vis.evaluation import AttributeGrader, grade, grade_videos, load_grader
 
 TUNING_SEED = 101  # scene stream of the tuning prompts; the grader, CLIP and benchmark use other seeds
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generators.grading import AttributeGrader, grade, load_grader, parse_prompt
 from tokenizers_vis.data import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, SyntheticScenes, make_caption
+from tokenizers_vis.data.language import parse_prompt
+from tokenizers_vis.evaluation import AttributeGrader, grade, load_grader
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "assets" / "grader"

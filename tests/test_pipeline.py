@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator, train_generator
-from generators.grading import grade, load_grader
 from tokenizers_vis import create_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import SyntheticScenes
+from tokenizers_vis.evaluation import grade, load_grader
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bars for the shipped pipelines on 24 held-out-split prompts with their default sampling, measured on three prompt

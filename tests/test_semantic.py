@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from tokenizers_vis import TrainConfig, create_tokenizer, load_tokenizer, train_tokenizer
+from tokenizers_vis.evaluation import AttributeGrader
 from tokenizers_vis.losses import semantic_alignment_loss
 from tokenizers_vis.teacher import load_teacher
 
@@ -41,8 +42,6 @@ def test_timm_teacher_from_a_local_checkpoint(tmp_path):
 
 
 def test_grader_teacher_gives_its_dense_feature_map(tmp_path):
-    from generators.grading import AttributeGrader
-
     torch.manual_seed(0)
     grader = AttributeGrader(channels=(8, 8, 16, 16))
     grader.save_pretrained(tmp_path / "grader")

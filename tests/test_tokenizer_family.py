@@ -7,7 +7,8 @@ import torch
 
 from tokenizers_vis import create_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
-from tokenizers_vis.data.videos import DIRECTIONS, MovingShapes
+from tokenizers_vis.data.language import DIRECTIONS
+from tokenizers_vis.data.videos import MovingShapes
 from tokenizers_vis.dual_tokenizer import DualTokenizer
 from tokenizers_vis.teacher import SemanticTeacher, _from_clip
 from tokenizers_vis.titok import OneDTokenizer

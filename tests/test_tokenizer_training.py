@@ -9,7 +9,7 @@ import torch
 
 from tokenizers_vis import TrainConfig, create_tokenizer, evaluate_tokenizer, load_tokenizer, train_tokenizer
 from tokenizers_vis.data import build_dataset
-from tokenizers_vis.probe import cell_targets, linear_probe, probe_latents
+from tokenizers_vis.evaluation import cell_targets, linear_probe, probe_latents
 from tokenizers_vis.registry import KINDS, preset_kind
 
 ROOT = Path(__file__).resolve().parents[1]

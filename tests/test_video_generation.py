@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator, train_generator
-from generators.grading import load_grader
 from generators.training import tokenize_data
-from generators.video import TextToVideoPipeline, grade_videos, parse_video_prompt
+from generators.video import TextToVideoPipeline
 from tokenizers_vis import create_tokenizer, load_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import DIRECTIONS, MovingShapes, make_video_caption, render_video, uint8_to_tensor
+from tokenizers_vis.data.language import parse_video_prompt
+from tokenizers_vis.evaluation import grade_videos, load_grader
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a large red circle moving to the left", "a small blue star moving towards the top right"]

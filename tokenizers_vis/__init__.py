@@ -1,8 +1,8 @@
-"""Discrete visual tokenizers: quantizers, image / dual-codebook / 1D / video tokenizers, data, training, metrics."""
+"""Discrete visual tokenizers: quantizers, image / dual-codebook / 1D / video tokenizers, data, training, evaluation."""
 
 from .dual_tokenizer import DualTokenizer
+from .evaluation import evaluate_tokenizer
 from .image_tokenizer import ImageTokenizer
-from .metrics import evaluate_tokenizer
 from .quantizers import QUANTIZERS, Quantizer, QuantizerOutput, build_quantizer
 from .registry import PRESETS, create_tokenizer, list_tokenizers, load_tokenizer
 from .titok import OneDTokenizer

@@ -25,12 +25,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .data.scenes import COLORS, POSITIONS, SHAPES, SIZES
+from .data.language import caption_words
 
 PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<sot>", "<eot>"
-GRAMMAR_WORDS: tuple[str, ...] = ("a", "at", "the", "and", ",")
-# For the moving-shape videos ("a red circle moving towards the top left").
-MOTION_WORDS: tuple[str, ...] = ("moving", "to", "up", "down", "left", "right", "towards")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
@@ -46,12 +43,6 @@ def _unique(words: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def default_words() -> list[str]:
-    """The scene caption grammar: grammar words, sizes, colours, shapes, position words and motion words."""
-    position_words = [w for p in POSITIONS for w in p.split()]
-    return _unique([*GRAMMAR_WORDS, *SIZES, *COLORS, *SHAPES, *position_words, *MOTION_WORDS])
-
-
 class WordTokenizer:
     """Word-level tokenizer for the caption grammar, callable like an open_clip tokenizer.
 
@@ -61,7 +52,7 @@ class WordTokenizer:
     """
 
     def __init__(self, words: Sequence[str] | None = None, context_length: int = 32) -> None:
-        words = _unique(default_words() if words is None else [w.lower() for w in words])
+        words = _unique(caption_words() if words is None else [w.lower() for w in words])
         if {PAD, UNK, SOT, EOT} & set(words):
             raise ValueError("words must not contain the special tokens")
         if context_length < 2:

@@ -19,6 +19,7 @@ from .convnets import Decoder, ResBlock, _norm, num_levels
 from .image_tokenizer import RECON_LOSSES, check_image_batch, reconstruction_loss
 from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
+from .registry import TokenizerFamily, register_family, register_preset
 
 
 class LevelEncoder(nn.Module):
@@ -57,6 +58,7 @@ def _head(in_channels: int, out_channels: int, downsample: int, groups: int) -> 
     return nn.Sequential(*layers)
 
 
+@register_family
 class DualTokenizer(ModelMixin, ConfigMixin):
     """Images (B, 3, H, W) in [-1, 1] -> (semantic indices (B, h, w), pixel indices (B, h, w)) and back.
 
@@ -64,6 +66,11 @@ class DualTokenizer(ModelMixin, ConfigMixin):
     codes are projected to ``semantic_dim`` (the teacher's feature size) for the alignment loss. ``forward(images,
     semantic_target)`` adds ``semantic_weight * (1 - cos)`` when teacher features (B, N, semantic_dim) are given.
     """
+
+    # runs default to the project's CLIP as teacher: the semantic codebook is defined by its teacher
+    family = TokenizerFamily(
+        kind="dual", default_preset="dual-f8", accepts_teacher=True, run_defaults={"semantic_teacher": "clip"}
+    )
 
     @register_to_config
     def __init__(
@@ -173,3 +180,24 @@ class DualTokenizer(ModelMixin, ConfigMixin):
             "pixel_usage": out_p.usage,
         }
         return recon, losses
+
+
+# DualToken: 512 semantic (deepest level, aligned to the teacher) + 512 pixel (shallowest level) codes, f=8
+register_preset(
+    "dual-f8",
+    DualTokenizer,
+    downsample_factor=8,
+    channels=(64, 128, 256),
+    pixel_codebook_size=512,
+    semantic_codebook_size=512,
+)
+# for tests and smoke runs
+register_preset(
+    "dual-f8-tiny",
+    DualTokenizer,
+    channels=(16, 32, 32),
+    norm_groups=8,
+    embed_dim=8,
+    pixel_codebook_size=32,
+    semantic_codebook_size=32,
+)

@@ -12,6 +12,7 @@ from torch import nn
 from .convnets import Decoder, Encoder
 from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
+from .registry import DEFAULT_PRESET, TokenizerFamily, register_family, register_preset
 
 RECON_LOSSES = ("l1", "l2", "l1+l2")
 SEMANTIC_LAYERS = ("decoder", "encoder", "quantized")
@@ -52,6 +53,7 @@ def reconstruction_losses(
     }
 
 
+@register_family
 class ImageTokenizer(ModelMixin, ConfigMixin):
     """Images in [-1, 1], (B, 3, H, W) with H and W divisible by ``downsample_factor``, to a grid of
     discrete indices (B, H/f, W/f) (residual VQ: (B, H/f, W/f, Q)) and back.
@@ -65,6 +67,8 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     channels, and ``forward(images, semantic_target)`` adds ``semantic_weight * (1 - cos)`` against a frozen
     teacher's patch features (:mod:`tokenizers_vis.teacher`). The projection is only used in training.
     """
+
+    family = TokenizerFamily(kind="vq2d", default_preset=DEFAULT_PRESET, accepts_teacher=True, supports_gan=True)
 
     @register_to_config
     def __init__(
@@ -152,3 +156,31 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
             losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
             losses["semantic"] = sem.detach()
         return recon, losses
+
+
+_F8 = dict(downsample_factor=8, channels=(64, 128, 256))
+# default: cosine VQ, 1024 codes of dim 32, f=8 -> 64 tokens for a 64x64 image
+register_preset("vq-f8", ImageTokenizer, **_F8, quantizer_type="vq", codebook_size=1024)
+# f=4: 256 tokens for a 64x64 image; small shapes keep their corners (at f=8 they decode as blobs), which the
+# text-to-image generator needs
+register_preset(
+    "vq-f4", ImageTokenizer, downsample_factor=4, channels=(64, 128), quantizer_type="vq", codebook_size=1024
+)
+register_preset("vq-f16", ImageTokenizer, downsample_factor=16, channels=(64, 128, 256, 256), codebook_size=1024)
+register_preset("rvq-f8", ImageTokenizer, **_F8, quantizer_type="rvq", codebook_size=1024)
+register_preset(
+    "fsq-f8", ImageTokenizer, **_F8, quantizer_type="fsq", embed_dim=8, quantizer_kwargs={"levels": [8, 5, 5, 5]}
+)
+register_preset("lfq-f8", ImageTokenizer, **_F8, quantizer_type="lfq", embed_dim=16, codebook_size=1024)
+# a few hundred thousand parameters: for tests and smoke runs
+register_preset(
+    "vq-f8-tiny",
+    ImageTokenizer,
+    downsample_factor=8,
+    channels=(16, 32, 32),
+    norm_groups=8,
+    codebook_size=64,
+    embed_dim=8,
+    encoder_res_blocks=1,
+    decoder_res_blocks=1,
+)

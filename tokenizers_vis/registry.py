@@ -1,91 +1,96 @@
-"""Named tokenizer presets (timm-style ``create_tokenizer("name", **overrides)``) and ``load_tokenizer``."""
+"""Tokenizer families and named presets (timm-style ``create_tokenizer("name", **overrides)``), and ``load_tokenizer``.
+
+Each tokenizer class says what it is in a ``family`` class attribute (a :class:`TokenizerFamily`) and registers
+itself and its presets in its own module, with ``@register_family`` and ``register_preset``; the training loop and
+the scripts read those capabilities instead of testing classes. A new family: its module, an entry in
+``FAMILY_MODULES`` and its tests.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from diffusers import ModelMixin
 
-from .dual_tokenizer import DualTokenizer
-from .image_tokenizer import ImageTokenizer
-from .titok import OneDTokenizer
-from .video_tokenizer import VideoTokenizer
-
-# Classes that `load_tokenizer` can rebuild from a saved folder, keyed by config.json's `_class_name`.
-TOKENIZER_CLASSES: dict[str, type[ModelMixin]] = {
-    cls.__name__: cls for cls in (ImageTokenizer, DualTokenizer, OneDTokenizer, VideoTokenizer)
-}
-
-_F8 = dict(downsample_factor=8, channels=(64, 128, 256))
-# 1D tokenizer with a CNN stem and decoder around the latent-token transformers (GigaTok-style hybrid)
-_HYBRID_1D = dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3)
-
-PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
-    # default: cosine VQ, 1024 codes of dim 32, f=8 -> 64 tokens for a 64x64 image
-    "vq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="vq", codebook_size=1024)),
-    # f=4: 256 tokens for a 64x64 image; small shapes keep their corners (at f=8 they decode as blobs), which the
-    # text-to-image generator needs
-    "vq-f4": (ImageTokenizer, dict(downsample_factor=4, channels=(64, 128), quantizer_type="vq", codebook_size=1024)),
-    "vq-f16": (ImageTokenizer, dict(downsample_factor=16, channels=(64, 128, 256, 256), codebook_size=1024)),
-    "rvq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="rvq", codebook_size=1024)),
-    "fsq-f8": (
-        ImageTokenizer,
-        dict(**_F8, quantizer_type="fsq", embed_dim=8, quantizer_kwargs={"levels": [8, 5, 5, 5]}),
-    ),
-    "lfq-f8": (ImageTokenizer, dict(**_F8, quantizer_type="lfq", embed_dim=16, codebook_size=1024)),
-    # a few hundred thousand parameters: for tests and smoke runs
-    "vq-f8-tiny": (
-        ImageTokenizer,
-        dict(
-            downsample_factor=8,
-            channels=(16, 32, 32),
-            norm_groups=8,
-            codebook_size=64,
-            embed_dim=8,
-            encoder_res_blocks=1,
-            decoder_res_blocks=1,
-        ),
-    ),
-    # DualToken: 512 semantic (deepest level, aligned to the teacher) + 512 pixel (shallowest level) codes, f=8
-    "dual-f8": (DualTokenizer, dict(**_F8, pixel_codebook_size=512, semantic_codebook_size=512)),
-    # TiTok-style 1D tokens for 64x64 images; K is independent of the resolution. -hybrid: convolutional stem and
-    # decoder around the latent-token transformers (GigaTok's hybrid design)
-    "vq1d-32": (OneDTokenizer, dict(num_tokens=32, codebook_size=1024)),
-    "vq1d-64": (OneDTokenizer, dict(num_tokens=64, codebook_size=1024)),
-    "vq1d-32-hybrid": (OneDTokenizer, _HYBRID_1D),
-    "vq1d-32-prior": (OneDTokenizer, {**_HYBRID_1D, "raster_prior": True}),
-    # causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
-    "video-f8t4": (VideoTokenizer, dict(spatial_factor=8, temporal_factor=4)),
-    # 4x finer grids (16 x 16 per latent frame): small shapes keep their corners, as with the image vq-f4
-    "video-f4t4": (
-        VideoTokenizer,
-        dict(spatial_factor=4, temporal_factor=4, channels=(64, 128), decoder_res_blocks=2),
-    ),
-    # tiny versions of each family, for tests and smoke runs
-    "dual-f8-tiny": (
-        DualTokenizer,
-        dict(channels=(16, 32, 32), norm_groups=8, embed_dim=8, pixel_codebook_size=32, semantic_codebook_size=32),
-    ),
-    "vq1d-tiny": (
-        OneDTokenizer,
-        dict(num_tokens=8, width=32, encoder_depth=1, decoder_depth=1, heads=2, head_channels=8, codebook_size=64),
-    ),
-    "video-tiny": (VideoTokenizer, dict(channels=(16, 32, 32), norm_groups=8, embed_dim=8, codebook_size=64)),
-}
+# Modules whose tokenizer classes register themselves on import, in the order the command line lists their
+# families. They import this module, so it imports them on first use rather than at the top.
+FAMILY_MODULES = ("image_tokenizer", "titok", "dual_tokenizer", "video_tokenizer")
 DEFAULT_PRESET = "vq-f8"
 
-# `--tokenizer` kinds of scripts/train_tokenizer.py: the class each accepts and its default preset
-KINDS: dict[str, tuple[type[ModelMixin], str]] = {
-    "vq2d": (ImageTokenizer, DEFAULT_PRESET),
-    "vq1d": (OneDTokenizer, "vq1d-32-prior"),
-    "dual": (DualTokenizer, "dual-f8"),
-    "video": (VideoTokenizer, "video-f8t4"),
-}
+
+@dataclass(frozen=True)
+class TokenizerFamily:
+    """What a tokenizer class is, for the training loop and the scripts."""
+
+    kind: str  # its name on the command line (`--tokenizer`)
+    default_preset: str  # the preset `--tokenizer <kind>` trains
+    takes_videos: bool = False  # (B, T, 3, H, W) clips, an image being a one-frame clip; else (B, 3, H, W) images
+    accepts_teacher: bool = False  # forward(x, semantic_target) aligns a feature to a frozen teacher's
+    supports_gan: bool = False  # has the decoder.last_layer that the PatchGAN loss's adaptive weight reads
+    run_defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of `--tokenizer <kind>` runs
+
+
+# A model from outside the registry (the benchmark's diffusers peer): images only, no teacher, no GAN loss
+_UNREGISTERED = TokenizerFamily(kind="", default_preset="")
+
+PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {}
+_CLASSES: dict[str, type[ModelMixin]] = {}  # kind -> class
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def register_family(cls: _Class) -> _Class:
+    """Class decorator: makes ``cls.family`` a ``--tokenizer`` kind and ``cls`` loadable by ``load_tokenizer``."""
+    kind = cls.family.kind
+    if kind in _CLASSES:
+        raise ValueError(f"tokenizer kind {kind!r} is already registered by {_CLASSES[kind].__name__}")
+    _CLASSES[kind] = cls
+    return cls
+
+
+def register_preset(name: str, cls: type[ModelMixin], /, **kwargs: Any) -> None:
+    """Makes ``create_tokenizer(name)`` build ``cls(**kwargs)``."""
+    if name in PRESETS:
+        raise ValueError(f"tokenizer preset {name!r} is already registered")
+    PRESETS[name] = (cls, kwargs)
+
+
+def _import_families() -> None:
+    for module in FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def _family_classes() -> list[type[ModelMixin]]:
+    """Registered classes: the built-in families in FAMILY_MODULES order (not import order), then the others."""
+    _import_families()
+    rank = {f"{__package__}.{module}": i for i, module in enumerate(FAMILY_MODULES)}
+    return sorted(_CLASSES.values(), key=lambda cls: rank.get(cls.__module__, len(rank)))
+
+
+def tokenizer_families() -> dict[str, TokenizerFamily]:
+    """Every registered family by kind, in command-line order."""
+    return {cls.family.kind: cls.family for cls in _family_classes()}
+
+
+def family_of(cls: type) -> TokenizerFamily:
+    """The family of a tokenizer class or subclass; see ``_UNREGISTERED`` for any other model class."""
+    return getattr(cls, "family", _UNREGISTERED)
+
+
+def __getattr__(name: str) -> Any:
+    # KINDS, the hand-written table the families replaced, now derived: kind -> (class, default preset)
+    if name == "KINDS":
+        return {cls.family.kind: (cls, cls.family.default_preset) for cls in _family_classes()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset_class(name: str) -> type[ModelMixin]:
     """The tokenizer class a preset builds."""
+    _import_families()
     if name not in PRESETS:
         raise ValueError(f"unknown tokenizer preset {name!r}; available: {', '.join(list_tokenizers())}")
     return PRESETS[name][0]
@@ -93,19 +98,18 @@ def preset_class(name: str) -> type[ModelMixin]:
 
 def preset_kind(name: str) -> str:
     """The ``--tokenizer`` kind a preset belongs to."""
-    return next(kind for kind, (cls, _) in KINDS.items() if preset_class(name) is cls)
+    return preset_class(name).family.kind
 
 
 def list_tokenizers() -> list[str]:
+    _import_families()
     return sorted(PRESETS)
 
 
 def create_tokenizer(name: str = DEFAULT_PRESET, **overrides) -> ModelMixin:
     """Builds a preset; keyword overrides replace the preset's constructor arguments."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown tokenizer preset {name!r}; available: {', '.join(list_tokenizers())}")
-    cls, kwargs = PRESETS[name]
-    return cls(**{**kwargs, **overrides})
+    cls = preset_class(name)
+    return cls(**{**PRESETS[name][1], **overrides})
 
 
 def load_tokenizer(path: str | Path) -> ModelMixin:
@@ -114,6 +118,7 @@ def load_tokenizer(path: str | Path) -> ModelMixin:
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a saved tokenizer folder: no config.json in it")
     name = json.loads(config_file.read_text()).get("_class_name")
-    if name not in TOKENIZER_CLASSES:
-        raise ValueError(f"{path} holds a {name!r}; loadable tokenizers: {', '.join(TOKENIZER_CLASSES)}")
-    return TOKENIZER_CLASSES[name].from_pretrained(path)
+    classes = {cls.__name__: cls for cls in _family_classes()}  # config.json's `_class_name` -> class
+    if name not in classes:
+        raise ValueError(f"{path} holds a {name!r}; loadable tokenizers: {', '.join(classes)}")
+    return classes[name].from_pretrained(path)

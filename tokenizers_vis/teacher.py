@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import DEFAULT_CLIP, CLIPEncoder, load_clip
+from .evaluation import AttributeGrader
 
 TEACHER_FORMS = (
     "'clip' (the project's CLIP), a CLIP folder, the attribute grader's folder, 'timm:<name>', "
@@ -102,13 +103,11 @@ def _from_clip(clip: CLIPEncoder, name: str) -> SemanticTeacher:
     return SemanticTeacher(clip.model.visual, _clip_tokens, size, cfg["mean"], cfg["std"], name)
 
 
-def _grader_features(grader: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _grader_features(grader: AttributeGrader, x: torch.Tensor) -> torch.Tensor:
     return grader.features(x)
 
 
 def _from_grader(folder: str) -> SemanticTeacher:
-    from generators.grading import AttributeGrader  # imported here: the grader lives with the generators
-
     grader = AttributeGrader.from_pretrained(folder)
     size = grader.config.resolution
     return SemanticTeacher(grader, _grader_features, size, (0.5,) * 3, (0.5,) * 3, f"grader:{folder}")
@@ -151,7 +150,7 @@ def load_teacher(spec: str | os.PathLike = "clip") -> SemanticTeacher:
         return _from_clip(load_clip(DEFAULT_CLIP), f"clip:{DEFAULT_CLIP}")
     if Path(text).is_dir():
         config = Path(text) / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AttributeGrader":
+        if config.is_file() and json.loads(config.read_text()).get("_class_name") == AttributeGrader.__name__:
             return _from_grader(text)
         return _from_clip(load_clip(text), f"clip:{text}")
     if text.startswith("timm:"):

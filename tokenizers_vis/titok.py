@@ -32,14 +32,18 @@ from torch import nn
 from .convnets import Decoder, Encoder
 from .image_tokenizer import RECON_LOSSES, reconstruction_losses
 from .quantizers import QuantizerOutput, build_quantizer
+from .registry import TokenizerFamily, register_family, register_preset
 
 
 def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequential:
     return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
 
 
+@register_family
 class OneDTokenizer(ModelMixin, ConfigMixin):
     """Images (B, 3, S, S) in [-1, 1], S = ``image_size``, to ``num_tokens`` indices (B, K) and back."""
+
+    family = TokenizerFamily(kind="vq1d", default_preset="vq1d-32-prior")
 
     @register_to_config
     def __init__(
@@ -147,3 +151,24 @@ class OneDTokenizer(ModelMixin, ConfigMixin):
         recon = self.decode_latents(z)
         losses = reconstruction_losses(recon, images, self.config.recon_loss, out, self.config.quantizer_weight)
         return recon, losses
+
+
+# TiTok-style 1D tokens for 64x64 images; K is independent of the resolution. -hybrid: convolutional stem and
+# decoder around the latent-token transformers (GigaTok's hybrid design)
+_HYBRID_1D = dict(num_tokens=32, codebook_size=1024, cnn_channels=(64, 128, 256), encoder_depth=3, decoder_depth=3)
+register_preset("vq1d-32", OneDTokenizer, num_tokens=32, codebook_size=1024)
+register_preset("vq1d-64", OneDTokenizer, num_tokens=64, codebook_size=1024)
+register_preset("vq1d-32-hybrid", OneDTokenizer, **_HYBRID_1D)
+register_preset("vq1d-32-prior", OneDTokenizer, **_HYBRID_1D, raster_prior=True)
+# for tests and smoke runs
+register_preset(
+    "vq1d-tiny",
+    OneDTokenizer,
+    num_tokens=8,
+    width=32,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    head_channels=8,
+    codebook_size=64,
+)

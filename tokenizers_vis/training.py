@@ -23,13 +23,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 from .data import build_dataset, collate_images
-from .dual_tokenizer import DualTokenizer
-from .image_tokenizer import ImageTokenizer
+from .evaluation import evaluate_tokenizer
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
-from .metrics import evaluate_tokenizer
-from .registry import DEFAULT_PRESET, create_tokenizer, preset_class
+from .registry import DEFAULT_PRESET, create_tokenizer, family_of, preset_class, tokenizer_families
 from .teacher import load_teacher
-from .video_tokenizer import VideoTokenizer
 from .visuals import save_reconstructions
 
 
@@ -215,14 +212,23 @@ def param_checksum(model: torch.nn.Module) -> float:
     return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
 
 
+def _kinds(capability: str, sep: str) -> str:
+    """The ``--tokenizer`` kinds whose family has ``capability``, for error messages."""
+    return sep.join(kind for kind, family in tokenizer_families().items() if getattr(family, capability))
+
+
 def check_model_and_data(cls: type, cfg: TrainConfig) -> None:
     """Refuses combinations the loop cannot train, saying what is accepted."""
-    if cfg.data == "videos" and not issubclass(cls, VideoTokenizer):
-        raise ValueError(f"data 'videos' needs a video tokenizer (--tokenizer video); got a {cls.__name__}")
-    if cfg.semantic_teacher and not issubclass(cls, ImageTokenizer | DualTokenizer):
-        raise ValueError(f"semantic regularization works with vq2d and dual tokenizers, not {cls.__name__}")
-    if cfg.gan_weight > 0 and not issubclass(cls, ImageTokenizer):
-        raise ValueError("the GAN loss is implemented for vq2d tokenizers only; use --gan-weight 0")
+    family = family_of(cls)
+    if cfg.data == "videos" and not family.takes_videos:
+        kinds = _kinds("takes_videos", " | ")
+        raise ValueError(f"data 'videos' needs a video tokenizer (--tokenizer {kinds}); got a {cls.__name__}")
+    if cfg.semantic_teacher and not family.accepts_teacher:
+        kinds = _kinds("accepts_teacher", " and ")
+        raise ValueError(f"semantic regularization works with {kinds} tokenizers, not {cls.__name__}")
+    if cfg.gan_weight > 0 and not family.supports_gan:
+        kinds = _kinds("supports_gan", " and ")
+        raise ValueError(f"the GAN loss is implemented for {kinds} tokenizers only; use --gan-weight 0")
 
 
 def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
@@ -248,7 +254,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         model = create_tokenizer(cfg.preset, **{**semantic, **cfg.model_overrides})
     elif teacher is not None and getattr(model.config, "semantic_dim", 0) != teacher.dim:
         raise ValueError(f"the model's semantic_dim must equal the teacher's feature width {teacher.dim}")
-    images_2d = not isinstance(model, VideoTokenizer)
+    images_2d = not family_of(type(model)).takes_videos
     if images_2d:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())

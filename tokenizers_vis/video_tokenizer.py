@@ -19,6 +19,7 @@ from torch import nn
 from .convnets import num_levels
 from .image_tokenizer import RECON_LOSSES, reconstruction_losses
 from .quantizers import QuantizerOutput, build_quantizer
+from .registry import TokenizerFamily, register_family, register_preset
 
 
 class FrameNorm(nn.GroupNorm):
@@ -193,12 +194,29 @@ class VideoDecoder(nn.Module):
         return _stem_up(self.layers(z))
 
 
+@register_family
 class VideoTokenizer(ModelMixin, ConfigMixin):
     """Videos (B, T, 3, H, W) in [-1, 1] with T = 1 + temporal_factor * k -> indices (B, 1 + k, H/f, W/f) and
     back. Images (B, 3, H, W) are one-frame videos: ``encode`` gives (B, 1, h, w).
 
     ``forward`` returns ``(reconstruction, losses)`` like :class:`~tokenizers_vis.ImageTokenizer`.
     """
+
+    # Runs: a smaller pool, and clip batches of 8 plus 16 still scenes per step. The frames of a clip are
+    # near-duplicates, so clip batches alone (17 frames x 4 or 9 x 8) learn slowly, even on the first frame, which is
+    # coded like an image.
+    family = TokenizerFamily(
+        kind="video",
+        default_preset="video-f8t4",
+        takes_videos=True,
+        run_defaults={
+            "data": "videos",
+            "train_samples": 4000,
+            "batch_size": 8,
+            "image_batch_size": 16,
+            "eval_samples": 128,
+        },
+    )
 
     @register_to_config
     def __init__(
@@ -280,3 +298,13 @@ class VideoTokenizer(ModelMixin, ConfigMixin):
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
         return recon, losses
+
+
+# causal 3D video tokenizer: 17 frames of 64x64 -> 5 x 8 x 8 indices
+register_preset("video-f8t4", VideoTokenizer, spatial_factor=8, temporal_factor=4)
+# 4x finer grids (16 x 16 per latent frame): small shapes keep their corners, as with the image vq-f4
+register_preset(
+    "video-f4t4", VideoTokenizer, spatial_factor=4, temporal_factor=4, channels=(64, 128), decoder_res_blocks=2
+)
+# for tests and smoke runs
+register_preset("video-tiny", VideoTokenizer, channels=(16, 32, 32), norm_groups=8, embed_dim=8, codebook_size=64)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from .metrics import reconstruct
+from .evaluation import reconstruct
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
-"""Datasets: captioned synthetic scenes and moving-shape videos, bundled real-photo patches, and user image folders /
-shards."""
+"""Datasets: captioned synthetic scenes and moving-shape videos (their caption language in :mod:`.language`), bundled
+real-photo patches, and user image folders / shards."""
 
 from __future__ import annotations
 
@@ -19,21 +19,19 @@ from .folders import (
     resolve_shards,
     to_rgb,
 )
-from .photos import PHOTO_FILES, PHOTO_SPLITS, PhotoPatches, load_photo
-from .scenes import (
+from .language import (
     COLORS,
+    DIRECTIONS,
     HELDOUT_PAIRS,
     POSITIONS,
     SHAPES,
     SIZES,
-    SyntheticScenes,
     make_caption,
-    render_scene,
-    sample_scene,
-    scene_labels,
-    uint8_to_tensor,
+    make_video_caption,
 )
-from .videos import DIRECTIONS, MovingShapes, make_video_caption, render_video, sample_video
+from .photos import PHOTO_FILES, PHOTO_SPLITS, PhotoPatches, load_photo
+from .scenes import SyntheticScenes, render_scene, sample_scene, scene_labels, uint8_to_tensor
+from .videos import MovingShapes, render_video, sample_video
 
 __all__ = [
     "COLORS",

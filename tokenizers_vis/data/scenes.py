@@ -2,7 +2,8 @@
 
 A sample is a pure function of ``(seed, split, index)``: nothing is stored, any resolution can be rendered
 from the same scene description, and every attribute of every object is known exactly, which makes the
-scenes usable for grading generated images against their captions.
+scenes usable for grading generated images against their captions. The words and captions are in
+:mod:`.language`; this module renders.
 """
 
 from __future__ import annotations
@@ -16,21 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "hexagon")
-COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "white")
-SIZES: tuple[str, ...] = ("small", "large")
-# Index = cell id, row-major over the 3x3 grid.
-POSITIONS: tuple[str, ...] = (
-    "top left",
-    "top",
-    "top right",
-    "left",
-    "center",
-    "right",
-    "bottom left",
-    "bottom",
-    "bottom right",
-)
+from .language import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZE_FRACTION, SIZES, make_caption
+
 SPLITS: tuple[str, ...] = ("train", "heldout", "novel")
 TEXTURES: tuple[str, ...] = ("plain", "gradient", "stripes", "checker")
 
@@ -55,23 +43,8 @@ BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {
     "mauve": (90, 65, 85),
 }
 
-# One pair per shape and per colour, so every shape and every colour is still seen during training,
-# only never in these combinations.
-HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("circle", "orange"),
-        ("square", "cyan"),
-        ("triangle", "purple"),
-        ("diamond", "red"),
-        ("star", "green"),
-        ("hexagon", "yellow"),
-    }
-)
 _HELDOUT_LIST = sorted(HELDOUT_PAIRS)  # fixed order so sampling from it is deterministic
 
-# Diameter of the shape's circumscribed circle as a fraction of the cell side; rotation and jitter
-# therefore never push a shape outside its cell.
-SIZE_FRACTION: dict[str, float] = {"small": 0.5, "large": 0.88}
 _MAX_JITTER = 0.03  # of the image side
 _MAX_ROTATION = 10.0  # degrees; small enough that no shape turns into another (square vs diamond)
 _SUPERSAMPLE = 4
@@ -106,17 +79,6 @@ def uint8_to_tensor(image: np.ndarray) -> torch.Tensor:
     array *= 1.0 / 127.5
     array -= 1.0
     return torch.from_numpy(array)
-
-
-def make_caption(objects: Sequence[Mapping[str, Any]]) -> str:
-    """Caption listing the objects in reading order of their cells (top-left first)."""
-    phrases = [
-        f"a {o['size']} {o['color']} {o['shape']} at the {POSITIONS[o['cell']]}"
-        for o in sorted(objects, key=lambda o: o["cell"])
-    ]
-    if len(phrases) == 1:
-        return phrases[0]
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def _background(background: Mapping[str, Any], resolution: int) -> np.ndarray:

@@ -3,7 +3,7 @@ straight line ("a large red circle moving to the left").
 
 Like :mod:`.scenes`, a clip is a pure function of ``(seed, split, index)``. Frames are rendered with
 :func:`~.scenes.render_scene`, so a single frame looks exactly like a still scene, and the first frame of a clip is a
-valid image for an image tokenizer.
+valid image for an image tokenizer. The words and captions are in :mod:`.language`.
 """
 
 from __future__ import annotations
@@ -15,29 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .scenes import COLORS, HELDOUT_PAIRS, SHAPES, SIZE_FRACTION, SIZES, SPLITS, sample_scene, uint8_to_tensor
+from .language import COLORS, DIRECTIONS, HELDOUT_PAIRS, SHAPES, SIZE_FRACTION, SIZES, make_video_caption
+from .scenes import SPLITS, sample_scene, uint8_to_tensor
 from .scenes import render_scene as _render_frame
 
-# Direction name -> unit step (dx, dy) in image coordinates (y down). Diagonals move along both axes.
-DIRECTIONS: dict[str, tuple[float, float]] = {
-    "to the left": (-1.0, 0.0),
-    "to the right": (1.0, 0.0),
-    "up": (0.0, -1.0),
-    "down": (0.0, 1.0),
-    "towards the top left": (-1.0, -1.0),
-    "towards the top right": (1.0, -1.0),
-    "towards the bottom left": (-1.0, 1.0),
-    "towards the bottom right": (1.0, 1.0),
-}
 _HELDOUT_LIST = sorted(HELDOUT_PAIRS)
 _MARGIN = 0.02  # of the image side, kept free between a shape and the border
-
-
-def make_video_caption(objects: Sequence[Mapping[str, Any]]) -> str:
-    phrases = [f"a {o['size']} {o['color']} {o['shape']} moving {o['direction']}" for o in objects]
-    if len(phrases) == 1:
-        return phrases[0]
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def sample_video(

@@ -1,7 +1,8 @@
-"""Grading text-to-image generation on the synthetic scenes: does the image show exactly what the prompt asks for?
+"""The attribute grader: does an image of a synthetic scene show exactly what its prompt asks for?
 
-``parse_prompt`` turns a scene caption back into its objects; ``AttributeGrader`` is a small CNN that reads the
-objects (presence, shape, colour and size in each cell of the 3x3 grid) off an image; ``grade`` compares the two.
+``AttributeGrader`` is a small CNN that reads the objects (presence, shape, colour and size in each cell of the 3x3
+grid) off an image; ``grade`` compares them with the objects that
+:func:`~tokenizers_vis.data.language.parse_prompt` reads from the prompt.
 
     grader = load_grader("assets/grader")   # made by `python scripts/train_grader.py`
     report = grade(grader, images, prompts)  # report["accuracy"]: share of images that match their prompt exactly
@@ -9,7 +10,6 @@ objects (presence, shape, colour and size in each cell of the 3x3 grid) off an i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,58 +21,12 @@ from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import nn
 
-from tokenizers_vis.data import COLORS, POSITIONS, SHAPES, SIZES
+from ..data.language import COLORS, SHAPES, SIZES, parse_prompt
 
-GRAMMAR = "a <size> <colour> <shape> at the <position>"
 ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size")
 # Where scripts/train_grader.py saves by default (the repository's assets folder).
-DEFAULT_GRADER = Path(__file__).resolve().parents[1] / "assets" / "grader"
+DEFAULT_GRADER = Path(__file__).resolve().parents[2] / "assets" / "grader"
 GRID = 3  # the scenes' 3x3 grid of cells; cell id = row * GRID + column, as in POSITIONS
-
-
-def _grammar_error(prompt: str, reason: str) -> ValueError:
-    return ValueError(
-        f"cannot parse prompt {prompt!r}: {reason}.\n"
-        f"Accepted grammar: '{GRAMMAR}', one to {len(POSITIONS)} such objects written as 'A', 'A and B' or "
-        "'A, B and C' (each cell at most once; case, extra spaces and a final period do not matter), with\n"
-        f"  <size>: {', '.join(SIZES)}\n  <colour>: {', '.join(COLORS)}\n  <shape>: {', '.join(SHAPES)}\n"
-        f"  <position>: {', '.join(POSITIONS)}"
-    )
-
-
-def _parse_object(phrase: str, prompt: str) -> dict[str, Any]:
-    words = phrase.split(" ")
-    # One slot per word before the position, which may itself be one or two words.
-    slots = [("'a'", ("a",)), ("a size", SIZES), ("a colour", COLORS), ("a shape", SHAPES)]
-    slots += [("'at'", ("at",)), ("'the'", ("the",))]
-    for k, (what, choices) in enumerate(slots):
-        word = words[k] if k < len(words) else None
-        if word not in choices:
-            got = f"got {word!r}" if word is not None else "the phrase ended"
-            raise _grammar_error(prompt, f"in {phrase!r} expected {what} but {got}")
-    position = " ".join(words[len(slots) :])
-    if position not in POSITIONS:
-        raise _grammar_error(prompt, f"in {phrase!r} expected a position but got {position!r}")
-    return {"shape": words[3], "color": words[2], "size": words[1], "cell": POSITIONS.index(position)}
-
-
-def parse_prompt(prompt: str) -> list[dict[str, Any]]:
-    """Inverse of :func:`tokenizers_vis.data.make_caption`: the prompt's objects ``{"shape", "color", "size",
-    "cell"}`` (cell = index into POSITIONS), sorted by cell. Raises ValueError, showing the grammar, otherwise."""
-    # Case, runs of whitespace (also around commas) and one final period do not matter.
-    text = re.sub(r"\s*,\s*", ", ", " ".join(prompt.lower().split())).removesuffix(".").strip()
-    if not text:
-        raise _grammar_error(prompt, "it is empty")
-    head, sep, last = text.rpartition(" and ")
-    phrases = [*head.split(", "), last] if sep else [text]
-    if not sep and "," in text:
-        raise _grammar_error(prompt, "the last two objects must be joined by ' and '")
-    objects = [_parse_object(phrase, prompt) for phrase in phrases]
-    cells = [o["cell"] for o in objects]
-    if len(set(cells)) != len(cells):
-        repeated = sorted({POSITIONS[c] for c in cells if cells.count(c) > 1})
-        raise _grammar_error(prompt, f"more than one object at the {', '.join(repeated)}")
-    return sorted(objects, key=lambda o: o["cell"])
 
 
 def _conv(in_channels: int, out_channels: int, stride: int, groups: int) -> list[nn.Module]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from .quantizers import QuantizerOutput, code_histogram, usage_stats
+from ..quantizers import QuantizerOutput, code_histogram, usage_stats
 
 
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ video on images) the latents are average-pooled to 6x6 and each cell's 2x2 block
 coarse layout inside the cell (a pooled mean alone cannot tell a triangle from a diamond of the same colour); one
 classifier per attribute is shared by all cells. 1D tokens have no grid, so each cell gets its own classifier over
 all K token vectors. Classifiers are scikit-learn logistic regressions fitted on one split and scored on another,
-over the occupied cells only (empty cells, about 3/4 of all, would inflate the score).
+over the occupied cells only (the many empty cells would inflate the score).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 ATTRIBUTES = ("shape", "color", "size")
 CELLS = 9
@@ -55,6 +53,10 @@ def cell_targets(labels: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _fit_score(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> np.ndarray:
     """Hits (bool per test sample) of a standardised logistic regression."""
+    # imported here: only the probe needs scikit-learn, so importing tokenizers_vis.evaluation does not pay for it
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(x_train)
     clf = LogisticRegression(max_iter=1000).fit(scaler.transform(x_train), y_train)
     return clf.predict(scaler.transform(x_test)) == y_test

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from tokenizers_vis.clip import CLIPEncoder
+from ..clip import CLIPEncoder
 
 
 class CLIPImageFeatures(nn.Module):

@@ -1,0 +1,30 @@
+"""Evaluation of tokenizers and of generated images and clips: reconstruction and codebook metrics, the linear probe
+of scene attributes, Fréchet distance and CLIP score in a CLIP image space, and the attribute grader that checks
+scenes and clips against their prompts."""
+
+from .frechet import CLIPImageFeatures, clip_score, frechet_distance
+from .grader import DEFAULT_GRADER, GRID, AttributeGrader, grade, load_grader
+from .probe import cell_features, cell_targets, linear_probe, probe_latents
+from .reconstruction import code_streams, codebook_sizes, evaluate_tokenizer, reconstruct
+from .video import grade_videos, object_centroids
+
+__all__ = [
+    "DEFAULT_GRADER",
+    "GRID",
+    "AttributeGrader",
+    "CLIPImageFeatures",
+    "cell_features",
+    "cell_targets",
+    "clip_score",
+    "code_streams",
+    "codebook_sizes",
+    "evaluate_tokenizer",
+    "frechet_distance",
+    "grade",
+    "grade_videos",
+    "linear_probe",
+    "load_grader",
+    "object_centroids",
+    "probe_latents",
+    "reconstruct",
+]
