@@ -49,6 +49,7 @@ from torch import nn
 
 from .conditioning import Condition, PrefixConditioning
 from .decoding import TokenDecoder, guided_prefix
+from .family import GeneratorFamily
 from .sampling import TokenSampler
 from .transformer import SwiGLU, Transformer
 
@@ -78,6 +79,19 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
     ``[0, num_classes)``) or "none". ``objectives`` and ``num_predict``: see the module docstring.
     """
+
+    family = GeneratorFamily(
+        kind="next-token",
+        default_preset="nt-small",
+        presets={
+            "nt-tiny": dict(dim=64, depth=2, heads=4),  # tests and smoke runs
+            "nt-small": dict(dim=192, depth=6, heads=6),  # the shipped text-to-image model, sized for CPU training
+            "nt-base": dict(dim=768, depth=12, heads=12),  # GPU-sized
+            "nt-large": dict(dim=1024, depth=24, heads=16),
+        },
+        sampling_keys=("num_predict_used",),
+        takes_videos=True,
+    )
 
     @register_to_config
     def __init__(

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .conditioning import Condition, PrefixConditioning
 from .decoding import guided_prefix
 from .entities import block_causal_mask, make_entity
+from .family import GeneratorFamily
 from .flow_head import FlowHead, TimeEmbedding
 from .sampling import guidance_at
 from .transformer import Transformer
@@ -39,6 +40,20 @@ class NextXGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     ``head_depth`` size the flow head, ``flow_steps`` its default Euler steps, ``flow_repeats`` the noise draws per
     element in training. Call :meth:`set_codebook` with the tokenizer's code vectors before training.
     """
+
+    family = GeneratorFamily(
+        kind="next-x",
+        default_preset="nx-small",
+        # the next-token sizes plus a flow-matching head; entity / k are overrides
+        presets={
+            "nx-tiny": dict(dim=64, depth=2, heads=4, head_width=64, head_depth=2),
+            "nx-small": dict(dim=192, depth=6, heads=6, head_width=256, head_depth=3),
+            "nx-base": dict(dim=768, depth=12, heads=12, head_width=1024, head_depth=3),
+        },
+        sampling_keys=("flow_steps",),
+        regresses_codes=True,
+        run_defaults={"entity": "cell", "k": 2},
+    )
 
     @register_to_config
     def __init__(

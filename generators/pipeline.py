@@ -20,7 +20,6 @@ DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-condit
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import shutil
@@ -34,12 +33,21 @@ from torch import nn
 from tokenizers_vis import load_tokenizer
 
 from .prompt_encoder import PromptEncoder
-from .registry import load_generator
+from .registry import generator_families, load_generator
 
-# settings of one generator family only (next-X flow steps, multi-token verification): passed on when given,
-# refused for a generator whose ``generate`` does not take them
-FAMILY_KEYS = ("flow_steps", "num_predict_used")
-SAMPLING_KEYS = ("guidance_scale", "guidance_schedule", "temperature", "top_k", "top_p", "num_candidates", *FAMILY_KEYS)
+# sampling settings that every pipeline takes, with the values it uses unless its folder or the call says otherwise
+RUN_DEFAULTS = {
+    "guidance_scale": 1.0,
+    "guidance_schedule": "constant",
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "num_candidates": 1,
+}
+# plus the settings of one generator family only (its ``family.sampling_keys``, e.g. next-X flow steps): passed on
+# when given, refused for a generator of another family
+FAMILY_KEYS = tuple(dict.fromkeys(key for family in generator_families().values() for key in family.sampling_keys))
+SAMPLING_KEYS = (*RUN_DEFAULTS, *FAMILY_KEYS)
 
 
 @dataclass
@@ -47,6 +55,25 @@ class PipelineOutput:
     images: list[Image.Image]
     pixels: torch.Tensor  # (B, 3, H, W) in [0, 1]
     tokens: torch.Tensor  # (B, h, w)
+    stats: dict | None = None  # with return_stats: the generator's stats, summed over the sampling runs
+
+    @classmethod
+    def concat(cls, parts: list[PipelineOutput]) -> PipelineOutput:
+        """The outputs of consecutive sampling runs as one."""
+        stats = None if parts[0].stats is None else {k: sum(p.stats[k] for p in parts) for k in parts[0].stats}
+        pixels, tokens = torch.cat([p.pixels for p in parts]), torch.cat([p.tokens for p in parts])
+        return cls([image for p in parts for image in p.images], pixels, tokens, stats)
+
+
+def split_request(
+    items: str | list | torch.Tensor | None, batch_size: int | None, seed: int | None
+) -> list[tuple] | None:
+    """``(items[i : i + batch_size], seed + i)`` for each sampling run of a request (prompts or class labels)
+    longer than ``batch_size``, or None when it fits in one run. Seeding a run with its first index gives every run
+    its own noise."""
+    if batch_size is None or items is None or isinstance(items, str) or len(items) <= batch_size:
+        return None
+    return [(items[i : i + batch_size], None if seed is None else seed + i) for i in range(0, len(items), batch_size)]
 
 
 class TextToImagePipeline:
@@ -55,6 +82,9 @@ class TextToImagePipeline:
     With a class-conditioned generator, pass ``class_labels`` instead of prompts (``prompt_encoder`` may be None).
     """
 
+    produces_video = False  # still images; a text-to-video pipeline's outputs are clips
+    run_defaults = RUN_DEFAULTS
+
     def __init__(self, tokenizer, generator, prompt_encoder: PromptEncoder | None = None, defaults: dict | None = None):
         if generator.config.condition == "prompt" and prompt_encoder is None:
             raise ValueError("a prompt-conditioned generator needs a prompt_encoder")
@@ -62,8 +92,12 @@ class TextToImagePipeline:
         unknown = set(defaults or {}) - set(SAMPLING_KEYS)
         if unknown:
             raise ValueError(f"unknown sampling defaults {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
-        self.defaults = {"guidance_scale": 1.0, "guidance_schedule": "constant", "temperature": 1.0, "top_k": 0}
-        self.defaults |= {"top_p": 1.0, "num_candidates": 1, **(defaults or {})}
+        self.defaults = self.run_defaults | (defaults or {})
+
+    @property
+    def sampling_keys(self) -> tuple[str, ...]:
+        """The sampling settings this pipeline takes: its run defaults' and its generator family's own."""
+        return (*self.run_defaults, *type(self.generator).family.sampling_keys)
 
     @property
     def device(self) -> torch.device:
@@ -84,11 +118,22 @@ class TextToImagePipeline:
         seed: int | None = None,
         use_cache: bool = True,
         progress: bool = False,
+        batch_size: int | None = None,
+        return_stats: bool = False,
         **sampling,
     ) -> PipelineOutput:
         """Sampling keywords (``guidance_scale``, ``guidance_schedule``, ``temperature``, ``top_k``, ``top_p``,
         ``num_candidates``) override the pipeline's defaults. Images come in prompt order, ``num_images_per_prompt``
-        per prompt."""
+        per prompt. ``batch_size`` caps the prompts (or class labels) of one sampling run: a longer request runs in
+        several (see :func:`split_request` for their seeds). ``return_stats`` fills ``stats`` from the generator's
+        ``generate(return_stats=True)``."""
+        runs = split_request(prompt if class_labels is None else class_labels, batch_size, seed)
+        if runs is not None:
+            key = "prompt" if class_labels is None else "class_labels"
+            options = dict(num_images_per_prompt=num_images_per_prompt, use_cache=use_cache, progress=progress)
+            return PipelineOutput.concat(
+                [self(**{key: part}, seed=s, return_stats=return_stats, **options, **sampling) for part, s in runs]
+            )
         sampling = self._sampling(sampling)
         candidates = int(sampling.pop("num_candidates"))
         kind = self.generator.config.condition
@@ -110,19 +155,21 @@ class TextToImagePipeline:
         else:
             condition, batch = None, num_images_per_prompt
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
-        tokens = self.generator.generate(
+        result = self.generator.generate(
             condition,
             batch_size=batch,
             generator=generator,
             use_cache=use_cache,
             progress=progress,
+            **({"return_stats": True} if return_stats else {}),
             **sampling,
         )
+        tokens, stats = result if return_stats else (result, None)
         pixels = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
         if candidates > 1:
             tokens, pixels = self._rerank(wanted, tokens, pixels, candidates)
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
-        return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu())
+        return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu(), stats)
 
     def _sampling(self, given: dict) -> dict:
         """The pipeline's defaults overridden by ``given``, checked against what the generator accepts."""
@@ -130,8 +177,7 @@ class TextToImagePipeline:
         if unknown:
             raise TypeError(f"unknown sampling arguments {sorted(unknown)}; accepted: {', '.join(SAMPLING_KEYS)}")
         sampling = self.defaults | given
-        accepted = inspect.signature(self.generator.generate).parameters
-        for key in set(FAMILY_KEYS) & set(sampling) - set(accepted):
+        for key in set(sampling) - set(self.sampling_keys):
             raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
         return sampling
 

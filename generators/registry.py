@@ -1,4 +1,10 @@
-"""Named generator presets (``create_generator("nt-small", codebook_size=1024, ...)``) and ``load_generator``."""
+"""Named generator presets (``create_generator("nt-small", codebook_size=1024, ...)``), generator families and
+``load_generator``.
+
+Each generator class declares its family and its presets in a ``family`` class attribute (a
+:class:`~generators.family.GeneratorFamily`); this module collects them. A new generator: its class with a
+``family``, an entry in ``GENERATOR_CLASSES`` and its tests.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,33 @@ from pathlib import Path
 
 from diffusers import ModelMixin
 
+from .family import GeneratorFamily
 from .next_token import NextTokenGenerator
 from .next_x import NextXGenerator
 
+# in command-line order (`scripts/generate.py --generator`)
 GENERATOR_CLASSES: dict[str, type[ModelMixin]] = {cls.__name__: cls for cls in (NextTokenGenerator, NextXGenerator)}
 
-PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {
-    # tests and smoke runs
-    "nt-tiny": (NextTokenGenerator, dict(dim=64, depth=2, heads=4)),
-    # the shipped text-to-image model (3.1 M parameters): 0.9 s per step of 32 images on two CPU cores
-    "nt-small": (NextTokenGenerator, dict(dim=192, depth=6, heads=6)),
-    # GPU-sized
-    "nt-base": (NextTokenGenerator, dict(dim=768, depth=12, heads=12)),
-    "nt-large": (NextTokenGenerator, dict(dim=1024, depth=24, heads=16)),
-    # next-X (xAR): the same transformer sizes plus a flow-matching head; entity / k are overrides
-    "nx-tiny": (NextXGenerator, dict(dim=64, depth=2, heads=4, head_width=64, head_depth=2)),
-    "nx-small": (NextXGenerator, dict(dim=192, depth=6, heads=6, head_width=256, head_depth=3)),
-    "nx-base": (NextXGenerator, dict(dim=768, depth=12, heads=12, head_width=1024, head_depth=3)),
-}
+
+def _collect_presets() -> dict[str, tuple[type[ModelMixin], dict]]:
+    presets: dict[str, tuple[type[ModelMixin], dict]] = {}
+    for cls in GENERATOR_CLASSES.values():
+        for name, kwargs in cls.family.presets.items():
+            if name in presets:
+                raise ValueError(
+                    f"generator preset {name!r} is declared by {presets[name][0].__name__} and {cls.__name__}"
+                )
+            presets[name] = (cls, kwargs)
+    return presets
+
+
+PRESETS = _collect_presets()
 DEFAULT_PRESET = "nt-small"
+
+
+def generator_families() -> dict[str, GeneratorFamily]:
+    """Every generator family by kind, in command-line order."""
+    return {cls.family.kind: cls.family for cls in GENERATOR_CLASSES.values()}
 
 
 def preset_class(name: str) -> type[ModelMixin]:

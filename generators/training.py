@@ -23,11 +23,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tokenizers_vis import VideoTokenizer, load_tokenizer
+from tokenizers_vis import load_tokenizer
 from tokenizers_vis.data import MovingShapes, SyntheticScenes, collate_images
-from tokenizers_vis.training import (
-    config_from_file,
-    lr_lambda,
+from tokenizers_vis.registry import family_of
+from tokenizers_vis.train_core import (
+    AccelerateRunConfig,
+    lr_schedule,
+    param_groups,
     resolve_mixed_precision,
     resume_from_latest,
     save_checkpoint,
@@ -35,7 +37,6 @@ from tokenizers_vis.training import (
     set_cpu_threads,
 )
 
-from .next_x import NextXGenerator
 from .pipeline import TextToImagePipeline, save_grid
 from .prompt_encoder import PromptEncoder
 from .registry import create_generator, preset_class
@@ -43,9 +44,13 @@ from .video import TextToVideoPipeline, write_video_samples
 
 
 @dataclass
-class GeneratorTrainConfig:
+class GeneratorTrainConfig(AccelerateRunConfig):
     """Everything a generator run needs; serialised to ``train_config.json`` in the output dir."""
 
+    steps: int = 4500  # a long CPU run with bf16 autocast (nt-small, 256 tokens)
+    output_dir: str = "runs/generator"
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.05
     tokenizer: str = "assets/pipeline/tokenizer"  # a saved tokenizer folder
     prompt_encoder: str = "assets/pipeline/prompt_encoder"  # a saved CLIP / prompt-encoder folder
     prompt_word_embeddings: bool = True  # append the text tower's word embeddings to its states (PromptEncoder)
@@ -56,29 +61,11 @@ class GeneratorTrainConfig:
     frames: int = 9  # clip length for data "videos", 1 + 4k: 9 frames -> 3 latent frames of the video tokenizer
     train_samples: int = 80000
     eval_samples: int = 512
-    steps: int = 4500  # about 70 minutes on 2 CPU cores with bf16 autocast (nt-small, 256 tokens)
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    output_dir: str = "runs/generator"
     cache_dir: str = "runs/cache"
-    save_every: int = 500
     sample_every: int = 1000
-    log_every: int = 20
-    seed: int = 0
-    resume: bool = False
-    cpu_threads: int = 0
     # stored in the pipeline folder as its sampling defaults (scripts/generate.py flags override them)
     sampling_defaults: dict = field(default_factory=lambda: {"guidance_scale": 3.0})
     pipeline_dtype: str = "float32"  # float32 | bfloat16: precision of the generator weights in pipeline/
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> GeneratorTrainConfig:
-        return config_from_file(cls, path, **overrides)
 
 
 def _digest(path: Path) -> str:
@@ -99,7 +86,7 @@ def tokenize_data(tokenizer, split: str, cfg: GeneratorTrainConfig, count: int, 
         data, pixels = SyntheticScenes(count, cfg.resolution, split=split, seed=cfg.seed), "image"
         precision = "no"
     elif cfg.data == "videos":
-        if not isinstance(tokenizer, VideoTokenizer):
+        if not family_of(type(tokenizer)).takes_videos:
             raise ValueError(f"data 'videos' needs a video tokenizer, got a {type(tokenizer).__name__}")
         key = f"videos-{split}-{cfg.resolution}x{cfg.frames}-{count}-{cfg.seed}-{precision}"
         data, pixels = MovingShapes(count, cfg.resolution, cfg.frames, split=split, seed=cfg.seed), "video"
@@ -130,7 +117,7 @@ def evaluate_generator(model, encoder: PromptEncoder, data: dict, batch_size: in
     """Teacher-forced held-out cross-entropy and next-token accuracy (condition always on); for a next-X generator
     its flow-matching loss on clean context, with noise drawn from a fixed seed so runs compare."""
     model.eval()
-    if isinstance(model, NextXGenerator):
+    if type(model).family.regresses_codes:
         total = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -152,7 +139,7 @@ def evaluate_generator(model, encoder: PromptEncoder, data: dict, batch_size: in
 
 def write_samples(pipe: TextToImagePipeline, prompts: list[str], path: Path, seed: int, **sampling) -> None:
     """One row per prompt, four samples each (videos: a GIF next to the PNG, which shows each clip's frames)."""
-    if isinstance(pipe, TextToVideoPipeline):
+    if pipe.produces_video:
         write_video_samples(pipe, prompts, path, seed, **sampling)
         return
     out = pipe(prompts, num_images_per_prompt=4, seed=seed, **sampling)
@@ -183,19 +170,17 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     overrides = dict(codebook_size=tokenizer.codebook_size, grid_size=grid, condition="prompt")
     overrides |= dict(prompt_dim=encoder.dim, prompt_length=encoder.max_length, **cfg.model_overrides)
     set_seed(cfg.seed)  # the same initial weights and dropout draws whether or not the tokens were cached
-    if issubclass(preset_class(cfg.preset), NextXGenerator):  # it regresses the tokenizer's code vectors
+    regresses_codes = preset_class(cfg.preset).family.regresses_codes
+    if regresses_codes:
         codes = tokenizer.quantizer.codes(torch.arange(tokenizer.codebook_size, device=device)[None])[0]
         overrides.setdefault("latent_dim", codes.shape[-1])
     model = create_generator(cfg.preset, **overrides)
-    if isinstance(model, NextXGenerator):
+    if regresses_codes:
         model.set_codebook(codes)
     params = sum(p.numel() for p in model.parameters())
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
     model, opt, sched = accelerator.prepare(model, opt, sched)
 
     start = resume_from_latest(accelerator, out) if cfg.resume else 0

@@ -20,7 +20,7 @@ from PIL import Image
 
 from tokenizers_vis.visuals import save_gif, save_video_strip
 
-from .pipeline import TextToImagePipeline
+from .pipeline import TextToImagePipeline, split_request
 
 
 @dataclass
@@ -28,6 +28,12 @@ class VideoPipelineOutput:
     videos: list[list[Image.Image]]  # per clip, its frames
     frames: torch.Tensor  # (B, T, 3, H, W) in [0, 1]
     tokens: torch.Tensor  # (B, t, h, w)
+
+    @classmethod
+    def concat(cls, parts: list[VideoPipelineOutput]) -> VideoPipelineOutput:
+        """The outputs of consecutive sampling runs as one."""
+        frames, tokens = torch.cat([p.frames for p in parts]), torch.cat([p.tokens for p in parts])
+        return cls([clip for p in parts for clip in p.videos], frames, tokens)
 
     def save_gif(self, path: str | Path, per_row: int = 4, fps: int = 8) -> None:
         """All clips tiled ``per_row`` to a row, playing together as one looping GIF."""
@@ -46,6 +52,8 @@ class TextToVideoPipeline(TextToImagePipeline):
     this class). CLIP re-ranking (``num_candidates`` > 1) is for still images only.
     """
 
+    produces_video = True
+
     def __init__(self, tokenizer, generator, prompt_encoder, defaults: dict | None = None):
         config = generator.config
         if config.condition != "prompt" or len(config.grid_size) != 3:
@@ -63,10 +71,15 @@ class TextToVideoPipeline(TextToImagePipeline):
         seed: int | None = None,
         use_cache: bool = True,
         progress: bool = False,
+        batch_size: int | None = None,
         **sampling,
     ) -> VideoPipelineOutput:
         """Sampling keywords override the pipeline's defaults, as for images. Clips come in prompt order,
-        ``num_videos_per_prompt`` per prompt."""
+        ``num_videos_per_prompt`` per prompt; ``batch_size`` caps the prompts of one sampling run, as for images."""
+        runs = split_request(prompt, batch_size, seed)
+        if runs is not None:
+            options = dict(num_videos_per_prompt=num_videos_per_prompt, use_cache=use_cache, progress=progress)
+            return VideoPipelineOutput.concat([self(part, seed=s, **options, **sampling) for part, s in runs])
         sampling = self._sampling(sampling)
         if int(sampling.pop("num_candidates")) != 1:
             raise ValueError("CLIP re-ranking (num_candidates > 1) is for still images; use num_candidates=1")

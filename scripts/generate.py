@@ -29,29 +29,53 @@ from generators import (
     is_video_pipeline,
     save_grid,
 )
+from generators.family import GeneratorFamily
+from generators.registry import generator_families
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-GENERATOR_CLASSES = {"next-token": "NextTokenGenerator", "next-x": "NextXGenerator"}
+FAMILIES = generator_families()  # `--generator` kind -> what its generators take
 
 
-def default_pipeline(kind: str, entity: str | None, k: int | None) -> Path:
+def family_flags(family: GeneratorFamily) -> tuple[str, ...]:
+    """The flags (as argument names) of one generator family only: its pipeline options and sampling settings."""
+    return (*family.run_defaults, *family.sampling_keys)
+
+
+def check_family_flags(args: argparse.Namespace) -> str | None:
+    """Why the flags given do not fit ``--generator`` (a flag of another family), or None."""
+    own = family_flags(FAMILIES[args.generator])
+    for kind, family in FAMILIES.items():
+        flags = family_flags(family)
+        if any(getattr(args, name) is not None and name not in own for name in flags):
+            names = [f"--{name.replace('_', '-')}" for name in flags]
+            listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            return f"{listed} {'needs' if len(names) == 1 else 'need'} --generator {kind}"
+    return None
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    """The ``--generator`` family's pipeline options given on the command line (``--entity``, ``--k``)."""
+    return {name: v for name in FAMILIES[args.generator].run_defaults if (v := getattr(args, name)) is not None}
+
+
+def default_pipeline(kind: str, options: dict) -> Path:
     """The shipped pipeline of a generator kind: assets/pipeline (next-token), assets/pipeline_nx_<entity>[_k<k>]."""
     if kind == "next-token":
         return ASSETS / "pipeline"
-    entity = entity or "cell"
-    name = f"pipeline_nx_{entity}" + (f"_k{k or 2}" if entity in ("cell", "subsample") else "")
-    return ASSETS / name
+    options = FAMILIES[kind].run_defaults | options
+    entity = options["entity"]
+    return ASSETS / (f"pipeline_nx_{entity}" + (f"_k{options['k']}" if entity in ("cell", "subsample") else ""))
 
 
-def check_generator(pipe: TextToImagePipeline, kind: str, entity: str | None, k: int | None, folder: Path) -> None:
+def check_generator(pipe: TextToImagePipeline, kind: str, options: dict, folder: Path) -> None:
     """Refuses a pipeline whose generator is not the one the flags ask for."""
     config = pipe.generator.config
-    found = type(pipe.generator).__name__
-    if found != GENERATOR_CLASSES[kind]:
+    if type(pipe.generator).family.kind != kind:
+        found = type(pipe.generator).__name__
         raise SystemExit(f"{folder} holds a {found}, not a {kind} generator; pass the matching --generator")
-    for name, wanted in (("entity", entity), ("k", k)):
-        if wanted is not None and config.get(name) != wanted:
-            raise SystemExit(f"{folder}'s next-X generator has {name}={config.get(name)!r}, not {wanted!r}")
+    for name, wanted in options.items():
+        if config.get(name) != wanted:
+            raise SystemExit(f"{folder}'s {kind} generator has {name}={config.get(name)!r}, not {wanted!r}")
 
 
 def slug(prompt: str, limit: int = 60) -> str:
@@ -65,8 +89,9 @@ def sampling_flags(args: argparse.Namespace) -> dict:
 
 def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> list[Path]:
     """A text-to-video pipeline folder: one GIF per clip and grid.gif (one row per prompt)."""
-    if args.generator != "next-token" or (args.num_candidates or 1) > 1:
-        raise SystemExit("text-to-video pipelines use a next-token generator and no --num-candidates")
+    if not FAMILIES[args.generator].takes_videos or (args.num_candidates or 1) > 1:
+        kinds = " or ".join(kind for kind, family in FAMILIES.items() if family.takes_videos)
+        raise SystemExit(f"text-to-video pipelines use a {kinds} generator and no --num-candidates")
     pipe = TextToVideoPipeline.from_pretrained(folder, device=args.device)
     sampling = sampling_flags(args)
     out = pipe(
@@ -94,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     p.add_argument("--pipeline", type=Path, help="saved pipeline folder (default: the shipped one of --generator)")
-    p.add_argument("--generator", choices=list(GENERATOR_CLASSES), default="next-token")
+    p.add_argument("--generator", choices=list(FAMILIES), default="next-token")
     p.add_argument("--entity", choices=ENTITIES, help="next-X entity (token, cell, subsample, scale, image)")
     p.add_argument("--k", type=int, help="next-X cell / subsample side")
     p.add_argument("--flow-steps", type=int, help="next-X: Euler steps of the flow head per entity")
@@ -116,19 +141,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.num_images < 1:
         p.error("--num-images must be >= 1")
 
-    if args.generator == "next-token" and (args.entity or args.k or args.flow_steps):
-        p.error("--entity, --k and --flow-steps need --generator next-x")
+    if mismatch := check_family_flags(args):
+        p.error(mismatch)
     start = time.perf_counter()
-    folder = args.pipeline or default_pipeline(args.generator, args.entity, args.k)
+    family, options = FAMILIES[args.generator], pipeline_options(args)
+    folder = args.pipeline or default_pipeline(args.generator, options)
     if not folder.is_dir():
+        flags = "".join(f" --{name} {value}" for name, value in (family.run_defaults | options).items())
         p.error(
-            f"no pipeline at {folder}; train one with `accelerate launch scripts/train_generator.py --preset nx-small "
-            f"--entity {args.entity or 'cell'} --k {args.k or 2}` and pass its <output-dir>/pipeline as --pipeline"
+            f"no pipeline at {folder}; train one with `accelerate launch scripts/train_generator.py --preset "
+            f"{family.default_preset}{flags}` and pass its <output-dir>/pipeline as --pipeline"
         )
     if is_video_pipeline(folder):
         return generate_videos(args, folder, start)
     pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
-    check_generator(pipe, args.generator, args.entity, args.k, folder)
+    check_generator(pipe, args.generator, options, folder)
     sampling = sampling_flags(args)
     out = pipe(
         args.prompt,

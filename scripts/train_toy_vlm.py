@@ -3,7 +3,7 @@
 A tiny ``LlavaForConditionalGeneration`` (random init; CLIP vision tower, Llama decoder, word-level tokenizer, all
 built in code) learns one-word VQA (colour / shape / count / position) over the project's captioned synthetic scenes.
 
-    python scripts/train_toy_vlm.py                      # rebuilds assets/toy_vlm (about 21 min on two CPU cores)
+    python scripts/train_toy_vlm.py                      # rebuilds assets/toy_vlm (run time: docs/pruning.md)
     python scripts/train_toy_vlm.py --steps 200 --out runs/toy_vlm
 """
 

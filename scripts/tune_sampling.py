@@ -15,19 +15,17 @@ untouched.
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from generators import TextToImagePipeline, TextToVideoPipeline, is_video_pipeline
+from generators.evaluate import IMAGE_METRICS, VIDEO_METRICS, sampling_sweep
 from tokenizers_vis.data import MovingShapes, SyntheticScenes
-from tokenizers_vis.evaluation import AttributeGrader, grade, grade_videos, load_grader
+from tokenizers_vis.evaluation import load_grader
 
 TUNING_SEED = 101  # scene stream of the tuning prompts; the grader, CLIP and benchmark use other seeds
 
@@ -61,18 +59,6 @@ def write_defaults(pipeline: Path, defaults: dict) -> None:
     os.replace(tmp, index_file)
 
 
-def score_images(pipe, grader: AttributeGrader, prompts: list[str], setting: dict, num_candidates: int = 1) -> dict:
-    pixels = pipe(prompts, seed=0, num_candidates=num_candidates, **setting).pixels
-    scores = grade(grader, pixels * 2 - 1, prompts)
-    return {k: scores[k] for k in ("accuracy", "shape", "color", "size", "position")}
-
-
-def score_videos(pipe, grader: AttributeGrader, prompts: list[str], setting: dict) -> dict:
-    scores = grade_videos(grader, pipe(prompts, seed=0, **setting).frames * 2 - 1, prompts)
-    keys = ("accuracy", "appearance_accuracy", "direction_accuracy", "shape", "color", "size")
-    return {k: scores[k] for k in keys}
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,19 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     grader = load_grader(args.grader)
     source = (MovingShapes if video else SyntheticScenes)(args.prompts, 64, split="train", seed=TUNING_SEED)
     prompts = [source.describe(i)["caption"] for i in range(args.prompts)]
-    score = score_videos if video else functools.partial(score_images, num_candidates=args.num_candidates)
-    grid = list(
-        itertools.product(
-            floats(args.guidance_scales), floats(args.temperatures), [int(k) for k in floats(args.top_ks)]
-        )
-    )
-    results = []
-    for scale, temperature, top_k in tqdm(grid, desc="sampling settings"):
-        setting = {"guidance_scale": scale, "temperature": temperature, "top_k": top_k}
-        start = time.perf_counter()
-        scores = score(pipe, grader, prompts, setting)
-        results.append({**setting, **scores, "seconds": round(time.perf_counter() - start, 1)})
-    metrics = list(scores)
+    top_ks = [int(k) for k in floats(args.top_ks)]
+    grid = itertools.product(floats(args.guidance_scales), floats(args.temperatures), top_ks)
+    settings = [{"guidance_scale": g, "temperature": t, "top_k": k} for g, t, k in grid]
+    results = sampling_sweep(pipe, grader, prompts, settings, num_candidates=args.num_candidates)
+    metrics = list(VIDEO_METRICS if video else IMAGE_METRICS)
     # best accuracy; ties go to the setting with the higher sum of the other scores
     best = max(results, key=lambda r: (r["accuracy"], sum(r[k] for k in metrics[1:])))
     print("| guidance | temperature | top-k | " + " | ".join(m.removesuffix("_accuracy") for m in metrics) + " | s |")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tokenizers_vis.clip import CLIPEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -31,24 +35,21 @@ def clip_folder(tmp_path_factory):
     return folder
 
 
-def _load_script(name: str):
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"scripts/{name}.py", *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny models: one thread, as in-process tests
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="session")
-def script():
-    """``script("generate")``: a file of scripts/ imported as a module (its ``main`` / ``parse_args``)."""
-    return _load_script
-
-
-@pytest.fixture(scope="session")
-def train_cli():
-    """scripts/train_tokenizer.py as a module (its ``parse_args``)."""
-    return _load_script("train_tokenizer")
+def run_script():
+    """``run_script("generate", "--prompt", ...)``: a command line of scripts/ run from the repository root in a
+    subprocess; returns the finished process (``returncode``, ``stdout``, ``stderr``)."""
+    return _run_script
 
 
 def _fit(model, batch, steps: int, lr: float, **adamw) -> list[float]:

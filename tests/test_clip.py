@@ -1,6 +1,4 @@
 import json
-import sys
-from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -8,6 +6,7 @@ import torch
 
 from generators.prompt_encoder import PromptEncoder
 from tokenizers_vis.clip import DEFAULT_CLIP, CLIPEncoder, WordTokenizer, contrastive_loss, load_clip
+from tokenizers_vis.clip_training import CLIPTrainConfig, train_clip
 from tokenizers_vis.data.scenes import SyntheticScenes
 
 TINY = dict(
@@ -190,16 +189,10 @@ def test_training_steps_reduce_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_train_script_smoke(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import train_clip
-    finally:
-        sys.path.pop(0)
+def test_train_clip_smoke(tmp_path):
     out = tmp_path / "clip"
-    args = ["--steps", "3", "--batch-size", "16", "--pool", "48", "--eval-size", "40", "--group-size", "20"]
-    args += ["--hard-negatives", "0.5"]
-    report = train_clip.main([*args, "--threads", "1", "--resolution", "32", "--out", str(out)])
+    sizes = dict(steps=3, batch_size=16, pool=48, eval_size=40, group_size=20, hard_negatives=0.5)
+    report = train_clip(CLIPTrainConfig(**sizes, threads=1, resolution=32, out=str(out)))
     assert (out / "training.json").is_file() and (out / "model.safetensors").is_file()
     assert set(report["heldout"]["retrieval"]) >= {"image_to_text_top1", "text_to_image_top1"}
     assert 0.0 <= report["heldout"]["attribute_probe"]["all_22way"] <= 1.0

@@ -1,6 +1,7 @@
 """The attribute grader: prompt parsing, the model, grading semantics, the training script and the shipped asset."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from tokenizers_vis.data import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, SyntheticScenes, make_caption
 from tokenizers_vis.data.language import parse_prompt
 from tokenizers_vis.evaluation import AttributeGrader, grade, load_grader
+from tokenizers_vis.evaluation.grader_training import degrade, flip, render_pool, to_float
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "assets" / "grader"
@@ -206,17 +208,16 @@ def test_grade_requires_exact_object_sets():
         grade(stub, torch.zeros(1, 3, 64, 64), ["a red circle"])
 
 
-def test_augmentations_keep_colours_and_mirror_cells(script):
-    script = script("train_grader")
+def test_augmentations_keep_colours_and_mirror_cells():
     generator = torch.Generator().manual_seed(0)
     flat = torch.tensor([0.8, -0.6, 0.2])[None, :, None, None].expand(16, 3, 64, 64)
-    degraded = script.degrade(flat, generator)
+    degraded = degrade(flat, generator)
     # Blur and resampling keep a flat colour; the noise is zero-mean and mild.
     torch.testing.assert_close(degraded.mean((2, 3)), flat.mean((2, 3)), atol=5e-3, rtol=0)
     assert (degraded - flat).abs().amax() < 0.3
     images = torch.rand(64, 3, 8, 8)
     labels = torch.tensor([[0, 1, 0, 0], [2, 3, 1, 5], [-1, -1, -1, -1]]).expand(64, 3, 4)
-    flipped, new_labels = script.flip(images, labels, generator)
+    flipped, new_labels = flip(images, labels, generator)
     mirrored = (flipped != images).flatten(1).any(1)
     assert 0 < mirrored.sum() < 64
     assert torch.equal(flipped[mirrored], images[mirrored].flip(-1))
@@ -225,10 +226,9 @@ def test_augmentations_keep_colours_and_mirror_cells(script):
     assert torch.equal(new_labels[..., :3], labels[..., :3])
 
 
-def test_recoloured_pool_covers_heldout_pairs_with_matching_labels(script):
-    script = script("train_grader")
-    plain = script.render_pool("train", 200, seed=0)
-    recoloured = script.render_pool("train", 200, seed=0, recolor=1.0)
+def test_recoloured_pool_covers_heldout_pairs_with_matching_labels():
+    plain = render_pool("train", 200, seed=0)
+    recoloured = render_pool("train", 200, seed=0, recolor=1.0)
     pairs = {(SHAPES[s], COLORS[c]) for s, c, _, cell in recoloured[1].flatten(0, 1).tolist() if cell >= 0}
     assert pairs & HELDOUT_PAIRS
     assert (
@@ -245,16 +245,15 @@ def test_recoloured_pool_covers_heldout_pairs_with_matching_labels(script):
         assert parse_prompt(caption) == objects
 
 
-def test_training_reduces_loss(script):
-    script = script("train_grader")
-    pool, labels, _ = script.render_pool("train", 96, seed=0)
+def test_training_reduces_loss():
+    pool, labels, _ = render_pool("train", 96, seed=0)
     grader = small_grader()
     optimizer = torch.optim.AdamW(grader.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     history = []
     for _ in range(40):
         idx = torch.randint(len(pool), (16,), generator=generator)
-        losses = grader.loss(script.to_float(pool[idx]), labels[idx])
+        losses = grader.loss(to_float(pool[idx]), labels[idx])
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
@@ -262,12 +261,12 @@ def test_training_reduces_loss(script):
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5
 
 
-def test_script_writes_model_report_and_examples(tmp_path, monkeypatch, script):
-    script = script("train_grader")
+def test_script_writes_model_report_and_examples(tmp_path):
     out = tmp_path / "grader"
     argv = ["train_grader.py", "--steps", "3", "--batch-size", "8", "--train-scenes", "32", "--eval-scenes", "12"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--out", str(out)])
-    script.main()
+    cmd = [sys.executable, *argv, "--threads", "1", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT / "scripts", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 3 and record["command"].startswith("python train_grader.py --steps 3")
     assert set(record["accuracy"]) == {"heldout", "novel", "heldout_degraded"}

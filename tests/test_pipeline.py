@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator, train_generator
+from generators.evaluate import IMAGE_METRICS, evaluate_pipeline, heldout_scenes, reference, sampling_cost
 from tokenizers_vis import create_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import SyntheticScenes
@@ -108,6 +109,31 @@ def test_clip_reranking_keeps_the_best_candidate():
         pipe(PROMPTS, num_candidates=0)
 
 
+def test_batch_size_splits_a_request_into_seeded_runs_and_sums_stats():
+    pipe = TextToImagePipeline(*tiny_parts())
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    out = pipe(prompts, num_images_per_prompt=2, seed=5, batch_size=2, return_stats=True)
+    first = pipe(prompts[:2], num_images_per_prompt=2, seed=5, return_stats=True)
+    second = pipe(prompts[2:], num_images_per_prompt=2, seed=7, return_stats=True)  # seed + its first prompt's index
+    assert torch.equal(out.tokens, torch.cat([first.tokens, second.tokens])) and len(out.images) == 6
+    assert out.stats["forward_passes"] == first.stats["forward_passes"] + second.stats["forward_passes"] == 32
+    assert pipe(prompts, seed=5).stats is None
+
+
+def test_evaluate_pipeline_grades_samples_and_counts_forward_passes():
+    grader = load_grader(ROOT / "assets" / "grader")
+    pipe = TextToImagePipeline(*tiny_parts())
+    evaluation = evaluate_pipeline(pipe, grader, PROMPTS, per_prompt=2, seed=0, batch_size=1)
+    assert tuple(evaluation.scores) == IMAGE_METRICS and evaluation.samples.shape == (4, 3, 32, 32)
+    assert torch.equal(evaluation.samples, pipe(PROMPTS, num_images_per_prompt=2, seed=0, batch_size=1).pixels)
+    real, captions = heldout_scenes(6, seed=0)
+    ref = reference(pipe, grader, real, captions, graded=4)
+    assert ref.reconstructed.shape == real.shape and ref.scores["real"]["accuracy"] == 1.0
+    assert sampling_cost(pipe, PROMPTS)["forward_passes"] == 16  # one per token of the 4 x 4 grid
+    nx = TextToImagePipeline(*tiny_parts("nx-tiny", latent_dim=8, entity="cell", k=2))
+    assert sampling_cost(nx, PROMPTS, flow_steps=2)["forward_passes"] == nx.generator.num_entities == 4
+
+
 def test_pipeline_refuses_bad_calls(tmp_path):
     pipe = TextToImagePipeline(*tiny_parts())
     with pytest.raises(ValueError, match="pass prompt="):
@@ -150,22 +176,23 @@ def test_train_generator_writes_a_pipeline_and_resumes_exactly(saved_parts, tmp_
         torch.testing.assert_close(pa, pb, msg=name)
 
 
-def test_train_generator_trains_next_x_from_the_cli(saved_parts, tmp_path, script):
-    cli = script("train_generator")
+def test_train_generator_trains_next_x_from_the_cli(saved_parts, tmp_path, run_script):
     flags = ["--preset", "nx-tiny", "--entity", "cell", "--k", "2", "--no-noisy-context"]
     flags += ["--tokenizer", str(saved_parts / "tokenizer"), "--prompt-encoder", str(saved_parts / "clip")]
     flags += ["--resolution", "32", "--train-samples", "64", "--eval-samples", "16", "--batch-size", "8"]
     flags += ["--steps", "4", "--sample-every", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path / "nx")]
-    cfg = cli.parse_args([*flags, "--cache-dir", str(tmp_path / "cache")])
-    assert cfg.model_overrides == {"entity": "cell", "k": 2, "noisy_context": False}
-    metrics = train_generator(cfg)
+    result = run_script("train_generator", *flags, "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = json.loads((tmp_path / "nx" / "train_config.json").read_text())
+    assert cfg["model_overrides"] == {"entity": "cell", "k": 2, "noisy_context": False}
+    metrics = json.loads((tmp_path / "nx" / "metrics.json").read_text())
     assert metrics["heldout_loss"] > 0 and "heldout_token_accuracy" not in metrics
     pipe = TextToImagePipeline.from_pretrained(tmp_path / "nx" / "pipeline")
     assert pipe.generator.config.entity == "cell" and pipe.generator.config.latent_dim == 8
     assert torch.equal(pipe.generator.codebook, pipe.tokenizer.quantizer.codes(torch.arange(64)[None])[0])
     assert pipe(PROMPTS[0], flow_steps=2, seed=0).tokens.shape == (1, 4, 4)
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--objectives", "next=a"])
+    refused = run_script("train_generator", "--objectives", "next=a")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr  # a usage error, not a crash
 
 
 def test_generate_cli_end_to_end(tmp_path):
@@ -181,26 +208,27 @@ def test_generate_cli_end_to_end(tmp_path):
     assert (tmp_path / "out" / "a_large_red_circle_at_the_top_left_1.png").is_file()
 
 
-def test_generate_cli_runs_next_x_and_refuses_mismatches(tmp_path, capsys, script):
-    generate_cli = script("generate")
+def test_generate_cli_runs_next_x_and_refuses_mismatches(tmp_path, run_script):
+    def refusal(*argv: str) -> str:
+        """stderr of a command line the script refuses (exits with a message, no traceback)."""
+        result = run_script("generate", *argv)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        return result.stderr
+
     TextToImagePipeline(*tiny_parts("nx-tiny", latent_dim=8, entity="cell", k=2)).save_pretrained(tmp_path / "nx")
     TextToImagePipeline(*tiny_parts()).save_pretrained(tmp_path / "nt")
     base = ["--prompt", PROMPTS[0], "--num-images", "1", "--out", str(tmp_path / "out")]
     nx = ["--pipeline", str(tmp_path / "nx")]
-    paths = generate_cli.main(
-        [*base, *nx, "--generator", "next-x", "--entity", "cell", "--k", "2", "--flow-steps", "2"]
+    result = run_script(
+        "generate", *base, *nx, "--generator", "next-x", "--entity", "cell", "--k", "2", "--flow-steps", "2"
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = [Path(line) for line in result.stdout.splitlines() if line.endswith(".png")][:-1]  # the grid comes last
     assert len(paths) == 1 and paths[0].is_file() and (tmp_path / "out" / "grid.png").is_file()
-    with pytest.raises(SystemExit, match="not a next-token generator"):
-        generate_cli.main([*base, *nx, "--generator", "next-token"])
-    with pytest.raises(SystemExit, match="entity='cell'"):
-        generate_cli.main([*base, *nx, "--generator", "next-x", "--entity", "scale"])
-    with pytest.raises(SystemExit):
-        generate_cli.main([*base, "--pipeline", str(tmp_path / "nt"), "--entity", "cell"])
-    assert "need --generator next-x" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        generate_cli.main([*base, "--generator", "next-x", "--entity", "image"])  # nothing shipped for it
-    assert "no pipeline at" in capsys.readouterr().err
+    assert "not a next-token generator" in refusal(*base, *nx, "--generator", "next-token")
+    assert "entity='cell'" in refusal(*base, *nx, "--generator", "next-x", "--entity", "scale")
+    assert "need --generator next-x" in refusal(*base, "--pipeline", str(tmp_path / "nt"), "--entity", "cell")
+    assert "no pipeline at" in refusal(*base, "--generator", "next-x", "--entity", "image")  # nothing shipped for it
 
 
 @pytest.mark.parametrize("folder", ["pipeline", "pipeline_nx_cell_k2"])

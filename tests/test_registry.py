@@ -23,6 +23,7 @@ from tokenizers_vis import (
     registry,
 )
 from tokenizers_vis.baselines import DiffusersVQTokenizer
+from tokenizers_vis.cli import parse_train_args
 from tokenizers_vis.registry import (
     KINDS,
     TokenizerFamily,
@@ -114,7 +115,7 @@ def test_subclasses_inherit_their_family_and_other_models_are_plain_image_tokeni
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(gan_weight=0.1))
 
 
-def test_a_new_family_is_picked_up_by_builders_cli_and_training_checks(toy_family, train_cli, tmp_path):
+def test_a_new_family_is_picked_up_by_builders_cli_and_training_checks(toy_family, tmp_path):
     assert {"toy-a", "toy-b"} <= set(list_tokenizers())
     assert list(tokenizer_families())[-1] == "toy"  # after the built-in families
     model = create_tokenizer("toy-b")
@@ -122,9 +123,9 @@ def test_a_new_family_is_picked_up_by_builders_cli_and_training_checks(toy_famil
     model.save_pretrained(tmp_path / "toy")
     assert isinstance(load_tokenizer(tmp_path / "toy"), toy_family)
 
-    cfg = train_cli.parse_args(["--tokenizer", "toy"])
+    cfg = parse_train_args(["--tokenizer", "toy"])
     assert (cfg.preset, cfg.data, cfg.batch_size) == ("toy-a", "videos", 3)
-    cfg = train_cli.parse_args(["--tokenizer", "toy", "--preset", "toy-b", "--batch-size", "7"])
+    cfg = parse_train_args(["--tokenizer", "toy", "--preset", "toy-b", "--batch-size", "7"])
     assert (cfg.preset, cfg.data, cfg.batch_size) == ("toy-b", "videos", 7)
 
     check_model_and_data(toy_family, TrainConfig(data="videos"))

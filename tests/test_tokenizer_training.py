@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tokenizers_vis import TrainConfig, create_tokenizer, evaluate_tokenizer, load_tokenizer, train_tokenizer
+from tokenizers_vis.cli import parse_train_args
 from tokenizers_vis.data import build_dataset
 from tokenizers_vis.evaluation import cell_targets, linear_probe, probe_latents
 from tokenizers_vis.registry import KINDS, preset_kind
@@ -15,20 +16,19 @@ from tokenizers_vis.registry import KINDS, preset_kind
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(train_cli, tmp_path):
-    cli = train_cli
-    cfg = cli.parse_args(["--tokenizer", "video"])
+def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(tmp_path):
+    cfg = parse_train_args(["--tokenizer", "video"])
     assert (cfg.preset, cfg.data, cfg.batch_size, cfg.image_batch_size) == ("video-f8t4", "videos", 8, 16)
     assert (cfg.frames, cfg.eval_frames) == (9, 17)
-    cfg = cli.parse_args(["--tokenizer", "video", "--batch-size", "2", "--preset", "video-tiny"])
+    cfg = parse_train_args(["--tokenizer", "video", "--batch-size", "2", "--preset", "video-tiny"])
     assert (cfg.preset, cfg.batch_size) == ("video-tiny", 2)  # explicit flags win over the kind's defaults
-    assert cli.parse_args(["--tokenizer", "dual"]).semantic_teacher == "clip"
-    assert cli.parse_args(["--tokenizer", "vq1d"]).preset == "vq1d-32-prior"
-    assert cli.parse_args(["--tokenizer", "vq2d"]).preset == "vq-f8"
+    assert parse_train_args(["--tokenizer", "dual"]).semantic_teacher == "clip"
+    assert parse_train_args(["--tokenizer", "vq1d"]).preset == "vq1d-32-prior"
+    assert parse_train_args(["--tokenizer", "vq2d"]).preset == "vq-f8"
     (tmp_path / "run.json").write_text('{"batch_size": 3}')
-    assert cli.parse_args(["--tokenizer", "video", "--config", str(tmp_path / "run.json")]).batch_size == 3
+    assert parse_train_args(["--tokenizer", "video", "--config", str(tmp_path / "run.json")]).batch_size == 3
     with pytest.raises(SystemExit, match="does not match"):
-        cli.parse_args(["--tokenizer", "vq1d", "--preset", "vq-f8"])
+        parse_train_args(["--tokenizer", "vq1d", "--preset", "vq-f8"])
     for kind, (cls, preset) in KINDS.items():
         assert preset_kind(preset) == kind and isinstance(create_tokenizer(preset.replace("-f8t4", "-tiny")), cls)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokenizers_vis import TrainConfig, create_tokenizer, evaluate_tokenizer, load_tokenizer, train_tokenizer
+from tokenizers_vis.cli import parse_train_args
 from tokenizers_vis.data import build_dataset
 from tokenizers_vis.training import materialize
 
@@ -164,16 +165,15 @@ def test_lpips_is_used_or_refused_clearly():
         assert float(lpips(x, x)) < 1e-6
 
 
-def test_cli_config_file_and_flags(train_cli, tmp_path):
-    cli = train_cli
+def test_cli_config_file_and_flags(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"steps": 7, "data": "photos", "lr": 0.01}))
-    cfg = cli.parse_args(["--config", str(tmp_path / "run.json"), "--steps", "9", "--quantizer", "fsq"])
+    cfg = parse_train_args(["--config", str(tmp_path / "run.json"), "--steps", "9", "--quantizer", "fsq"])
     assert (cfg.steps, cfg.data, cfg.lr, cfg.model_overrides) == (9, "photos", 0.01, {"quantizer_type": "fsq"})
     (tmp_path / "bad.json").write_text(json.dumps({"stepz": 7}))
     with pytest.raises(ValueError, match="stepz"):
-        cli.parse_args(["--config", str(tmp_path / "bad.json")])
+        parse_train_args(["--config", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit):
-        cli.parse_args(["--preset", "nope"])
+        parse_train_args(["--preset", "nope"])
 
 
 def test_training_on_a_folder_skips_and_counts_bad_files(tmp_path):

@@ -4,7 +4,7 @@ pretrained model.
 
 The project's CLIP is ``open_clip.CLIP`` (the same class as the pretrained ViT-B/32 and friends) with a tiny ViT for
 64x64 images and a 3-layer text transformer over a word-level vocabulary. It is trained by
-``python scripts/train_clip.py`` (about 5 minutes on 2 CPU cores) and shipped as the prompt encoder of the
+``python scripts/train_clip.py`` and shipped as the prompt encoder of the
 text-to-image pipeline, ``assets/pipeline/prompt_encoder`` (:data:`DEFAULT_CLIP`). :func:`load_clip` loads that
 folder, or any open_clip model name with a pretrained tag where the Hugging Face hub can be reached.
 """

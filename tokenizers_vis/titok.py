@@ -15,8 +15,8 @@ tokenizers.
 Raster prior (``raster_prior=True``): the latent tokens start from the patch sequence average-pooled to K in
 raster order (added to the learned latents), and each decoder mask token starts from the code of the latent its
 patch was pooled into. Free latents must first discover where to read and write: after 1000 steps they still
-code little more than the mean image (18 dB, with a CNN stem too). The prior hands them a default layout that
-attention can then reshape; the tokens remain one sequence of K, for any resolution.
+code little more than the mean image (``benchmarks/tokenizer.md``: the vq1d rows with and without it). The prior
+hands them a default layout that attention can then reshape; the tokens remain one sequence of K, for any resolution.
 """
 
 from __future__ import annotations

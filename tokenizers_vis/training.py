@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +24,26 @@ from .evaluation import evaluate_tokenizer
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
 from .registry import DEFAULT_PRESET, create_tokenizer, family_of, preset_class, tokenizer_families
 from .teacher import load_teacher
+from .train_core import (
+    AccelerateRunConfig,
+    lr_schedule,
+    param_checksum,
+    resolve_mixed_precision,
+    resume_from_latest,
+    save_checkpoint,
+    save_model_atomically,
+    set_cpu_threads,
+)
 from .visuals import save_reconstructions
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(AccelerateRunConfig):
     """Everything a tokenizer run needs; serialised to ``train_config.json`` in the output dir."""
 
+    steps: int = 1300  # a short CPU run with bf16 autocast
+    output_dir: str = "runs/tokenizer"
+    min_lr_ratio: float = 0.02
     preset: str = DEFAULT_PRESET
     model_overrides: dict = field(default_factory=dict)
     data: str = "scenes"  # scenes | photos | videos | a folder of images | .tar shards
@@ -46,63 +56,12 @@ class TrainConfig:
     image_batch_size: int = 0
     train_samples: int = 20000  # size of the in-memory pool for finite sources
     eval_samples: int = 512
-    steps: int = 1300  # about 8 minutes on 2 CPU cores with bf16 autocast
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
     gan_weight: float = 0.0  # PatchGAN hinge loss, 0 disables it
     gan_start: int = 2000
     lpips_weight: float = 0.0  # needs pretrained LPIPS weights, refused clearly offline
     semantic_teacher: str = ""  # "" = off; see tokenizers_vis.teacher.load_teacher for the accepted forms
     semantic_weight: float = 0.5  # weight of 1 - cos(projected tokenizer feature, teacher feature)
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    output_dir: str = "runs/tokenizer"
-    save_every: int = 500
-    log_every: int = 20
-    seed: int = 0
-    resume: bool = False
     num_workers: int = 2
-    cpu_threads: int = 0  # CPU training: torch threads per process, 0 = available cores / local processes
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        return config_from_file(cls, path, **overrides)
-
-
-def config_from_file(cls: type, path: str | Path, **overrides):
-    """Builds the dataclass ``cls`` from a JSON or YAML file whose keys are its field names; overrides win."""
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
-        values = yaml.safe_load(text)
-    else:
-        values = json.loads(text)
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
-    return cls(**{**values, **overrides})
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX / AVX512-BF16)."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
-def set_cpu_threads(accelerator: Accelerator, requested: int) -> None:
-    """`accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves CPU training speed
-    on two cores; give each local process its share of the cores instead (or the requested number)."""
-    if accelerator.device.type != "cpu":
-        return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    torch.set_num_threads(requested or max(1, len(os.sched_getaffinity(0)) // local))
 
 
 def materialize(dataset: Dataset, num_workers: int, desc: str, limit: int | None = None) -> torch.Tensor:
@@ -152,64 +111,6 @@ class BatchSource:
         except StopIteration:
             self.iterator = iter(self.loader)
             return next(self.iterator)["image"]
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then cosine decay to ``min_lr_ratio`` at the last step."""
-
-    def fn(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return fn
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = sorted(output_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return ckpts[-1] if ckpts else None
-
-
-def resume_from_latest(accelerator: Accelerator, output_dir: Path) -> int:
-    """Loads the newest checkpoint under ``output_dir`` (if any) into the prepared objects; returns its step."""
-    ckpt = latest_checkpoint(output_dir)
-    if ckpt is None:
-        return 0
-    accelerator.load_state(str(ckpt))
-    step = json.loads((ckpt / "step.json").read_text())["step"]
-    accelerator.print(f"resumed from {ckpt} at step {step}")
-    return step
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
-    """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
-    root = output_dir / "checkpoints"
-    tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def save_model_atomically(model, path: Path) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def param_checksum(model: torch.nn.Module) -> float:
-    """Sum of all parameters and buffers in float64: equal across ranks iff they stayed in sync."""
-    return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
 
 
 def _kinds(capability: str, sep: str) -> str:
@@ -272,7 +173,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     heldout = materialize(heldout_set, 0, "rendering held-out set", limit=cfg.eval_samples)
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
     use_gan, use_lpips = cfg.gan_weight > 0, cfg.lpips_weight > 0
     lpips = build_lpips().to(accelerator.device) if use_lpips else None
     if use_gan:

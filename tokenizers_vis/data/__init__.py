@@ -30,7 +30,7 @@ from .language import (
     make_video_caption,
 )
 from .photos import PHOTO_FILES, PHOTO_SPLITS, PhotoPatches, load_photo
-from .scenes import SyntheticScenes, render_scene, sample_scene, scene_labels, uint8_to_tensor
+from .scenes import SyntheticScenes, render_scene, render_scenes, sample_scene, scene_labels, uint8_to_tensor
 from .videos import MovingShapes, render_video, sample_video
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "make_caption",
     "make_video_caption",
     "render_scene",
+    "render_scenes",
     "render_video",
     "resolve_shards",
     "sample_scene",

@@ -1,0 +1,165 @@
+"""What every trainer shares: the base run config, the LR schedule, parameter groups, mixed precision, CPU threads,
+checkpoint / resume and atomic model saves.
+
+Trainers on it: :mod:`tokenizers_vis.training` (tokenizers), :mod:`tokenizers_vis.clip_training` (the project CLIP),
+:mod:`tokenizers_vis.evaluation.grader_training` (the attribute grader) and :mod:`generators.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from accelerate import Accelerator
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The optimisation fields every trainer reads. Each trainer's config subclasses it (the Accelerate trainers
+    through :class:`AccelerateRunConfig`), adds its own fields and redeclares those whose defaults differ."""
+
+    steps: int
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0  # the cosine decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm, 0 disables clipping
+    seed: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Self:
+        return config_from_file(cls, path, **overrides)
+
+
+@dataclass(kw_only=True)
+class AccelerateRunConfig(RunConfig):
+    """What the Accelerate trainers (tokenizers, generators) add: warm-up in steps, mixed precision, an output
+    folder with checkpoints to resume from, logging and CPU threads."""
+
+    output_dir: str
+    warmup_steps: int = 100
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    save_every: int = 500  # checkpoint every this many steps
+    log_every: int = 20
+    resume: bool = False  # continue from the newest checkpoint under output_dir
+    cpu_threads: int = 0  # CPU training: torch threads per process, 0 = available cores / local processes
+
+
+def config_from_file(cls: type, path: str | Path, **overrides: Any) -> Any:
+    """Builds the dataclass ``cls`` from a JSON or YAML file whose keys are its field names; overrides win."""
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
+    return cls(**{**values, **overrides})
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX / AVX512-BF16)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def set_cpu_threads(accelerator: Accelerator, requested: int) -> None:
+    """`accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves CPU training speed
+    on two cores; give each local process its share of the cores instead (or the requested number)."""
+    if accelerator.device.type != "cpu":
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(requested or max(1, len(os.sched_getaffinity(0)) // local))
+
+
+def lr_schedule(warmup_steps: int, steps: int, min_lr_ratio: float = 0.0) -> Callable[[int], float]:
+    """The LR factor of each step (for ``LambdaLR``, or ``lr * factor`` by hand): linear warm-up over
+    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at step ``steps``, held there after."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups, in ``named_parameters`` order: ``weight_decay`` on weight matrices; none on biases and
+    norm scales (fewer than 2 dims), embeddings and position tables (names containing "embed" or "pos") and what
+    the model lists in ``no_weight_decay()`` (the timm / open_clip convention). Decaying those only pulls them
+    towards zero without regularising anything."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or name in skip or "embed" in name or "pos" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoints/step_<n>`` folder under ``output_dir``, if any."""
+    ckpts = sorted(output_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def resume_from_latest(accelerator: Accelerator, output_dir: Path) -> int:
+    """Loads the newest checkpoint under ``output_dir`` (if any) into the prepared objects; returns its step."""
+    ckpt = latest_checkpoint(output_dir)
+    if ckpt is None:
+        return 0
+    accelerator.load_state(str(ckpt))
+    step = json.loads((ckpt / "step.json").read_text())["step"]
+    accelerator.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
+    """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
+    root = output_dir / "checkpoints"
+    tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # every rank writes its own RNG state into it: the folder exists before any rank saves
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # all ranks' files are in before the folder is renamed
+    if accelerator.is_main_process:
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_model_atomically(model: Any, path: Path) -> None:
+    """``model.save_pretrained`` into a temporary folder renamed to ``path``, so a kill never leaves half a model."""
+    tmp = path.with_name(f".tmp_{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def param_checksum(model: torch.nn.Module) -> float:
+    """Sum of all parameters and buffers in float64: equal across ranks iff they stayed in sync."""
+    return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
