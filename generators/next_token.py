@@ -61,14 +61,28 @@ class LookaheadHead(nn.Module):
     """Extra multi-token-prediction head: residual SwiGLU block on the final hidden states, then its own
     projection to the codebook."""
 
-    def __init__(self, dim: int, hidden: int, codebook_size: int) -> None:
+    def __init__(self, dim: int, hidden: int, codebook_size: int, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm, self.out_norm = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
+        self.norm, self.out_norm = nn.RMSNorm(dim, eps=norm_eps), nn.RMSNorm(dim, eps=norm_eps)
         self.mlp = SwiGLU(dim, hidden)
         self.proj = nn.Linear(dim, codebook_size, bias=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.proj(self.out_norm(h + self.mlp(self.norm(h))))
+
+
+# LlamaGen's class-conditional GPTs (FoundationVision/LlamaGen, autoregressive/models/gpt.py): 16384 codes, 1000
+# ImageNet classes, SwiGLU width int(8 * dim / 3) rounded up to a multiple of 256, RMSNorm eps 1e-5, 2D RoPE base
+# 10000; a 16x16 grid is 256 px through a VQ-16 tokenizer (override grid_size=(24, 24) for 384 px, 576 tokens).
+_LLAMAGEN_C2I = dict(
+    codebook_size=16384,
+    grid_size=(16, 16),
+    condition="class",
+    num_classes=1000,
+    mlp_multiple_of=256,
+    norm_eps=1e-5,
+    rope_base=10000.0,
+)
 
 
 class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
@@ -78,6 +92,11 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     ``condition``: "prompt" (condition = prompt states ``(B, prompt_length, prompt_dim)``, or a ``(states, mask)``
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
     ``[0, num_classes)``) or "none". ``objectives`` and ``num_predict``: see the module docstring.
+    ``mlp_multiple_of`` and ``norm_eps``: see :class:`~generators.transformer.Transformer`.
+
+    Presets ``gpt-b``, ``gpt-l`` and ``gpt-xl`` have the width, depth and heads of LlamaGen's GPT-B (111 M
+    parameters), GPT-L (343 M) and GPT-XL (775 M) and their other settings; our start token and target-position
+    embeddings add under 0.2 % to those counts.
     """
 
     family = GeneratorFamily(
@@ -88,6 +107,9 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             "nt-small": dict(dim=192, depth=6, heads=6),  # the shipped text-to-image model, sized for CPU training
             "nt-base": dict(dim=768, depth=12, heads=12),  # GPU-sized
             "nt-large": dict(dim=1024, depth=24, heads=16),
+            "gpt-b": dict(dim=768, depth=12, heads=12, **_LLAMAGEN_C2I),
+            "gpt-l": dict(dim=1024, depth=24, heads=16, **_LLAMAGEN_C2I),
+            "gpt-xl": dict(dim=1280, depth=36, heads=20, **_LLAMAGEN_C2I),
         },
         sampling_keys=("num_predict_used",),
         takes_videos=True,
@@ -110,6 +132,8 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         rope_base: float = 100.0,
         objectives: dict[str, float] | None = None,
         num_predict: int = 1,
+        mlp_multiple_of: int | None = None,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if len(grid_size) not in (2, 3):
@@ -120,10 +144,12 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token (and the mask)
         self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02)
         self._init_conditioning(condition, dim, num_classes, prompt_dim, prompt_length)
-        self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base, mlp_multiple_of, norm_eps)
         self.head = nn.Linear(dim, codebook_size, bias=False)
         hidden = self.transformer.blocks[0].mlp.down.in_features
-        self.extra_heads = nn.ModuleList(LookaheadHead(dim, hidden, codebook_size) for _ in range(num_predict - 1))
+        self.extra_heads = nn.ModuleList(
+            LookaheadHead(dim, hidden, codebook_size, norm_eps) for _ in range(num_predict - 1)
+        )
         axes = [torch.arange(n) for n in grid_size]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).flatten(0, -2)
         self.register_buffer("grid_positions", grid, persistent=False)  # (N, len(grid_size))

@@ -8,6 +8,8 @@ offsets along every axis. Condition-prefix tokens sit at the origin (no rotation
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,10 +92,18 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+def mlp_hidden_size(dim: int, mlp_ratio: float = 8 / 3, multiple_of: int | None = None) -> int:
+    """SwiGLU hidden width: ``mlp_ratio * dim`` rounded to the nearest multiple of 32 (``multiple_of`` None), or
+    LLaMA's rule, truncated to an integer then rounded up to a multiple of ``multiple_of`` (LlamaGen's GPTs: 256)."""
+    if multiple_of is None:
+        return 32 * round(mlp_ratio * dim / 32)
+    return multiple_of * math.ceil(int(mlp_ratio * dim) / multiple_of)
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.attn_norm, self.mlp_norm = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
+        self.attn_norm, self.mlp_norm = nn.RMSNorm(dim, eps=norm_eps), nn.RMSNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads)
         self.mlp = SwiGLU(dim, mlp_hidden)
 
@@ -107,14 +117,24 @@ class Transformer(nn.Module):
 
     Causal by default; ``attn_mask`` (bool ``(T, T_total)``, True = attend) overrides that, e.g. for block-causal
     entity sequences. With ``cache`` the new tokens attend to the cached ones and are appended to the cache.
+    ``mlp_multiple_of``: the SwiGLU width's rounding (:func:`mlp_hidden_size`); ``norm_eps``: the RMSNorms' epsilon.
     """
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 8 / 3, rope_base: float = 10000.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 8 / 3,
+        rope_base: float = 10000.0,
+        mlp_multiple_of: int | None = None,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.dim, self.depth, self.heads, self.rope_base = dim, depth, heads, rope_base
-        hidden = 32 * round(mlp_ratio * dim / 32)  # SwiGLU's 8/3 ratio, rounded for fast matmuls
-        self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(depth))
-        self.norm = nn.RMSNorm(dim, eps=1e-6)
+        hidden = mlp_hidden_size(dim, mlp_ratio, mlp_multiple_of)
+        self.blocks = nn.ModuleList(Block(dim, heads, hidden, norm_eps) for _ in range(depth))
+        self.norm = nn.RMSNorm(dim, eps=norm_eps)
         self.apply(self._init)
         for block in self.blocks:  # residual outputs scaled down with depth (GPT-2 style)
             nn.init.normal_(block.attn.out.weight, std=0.02 / (2 * depth) ** 0.5)

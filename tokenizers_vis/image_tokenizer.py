@@ -66,6 +66,12 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     quantized latents themselves, which puts the teacher's information into the codes) to ``semantic_dim``
     channels, and ``forward(images, semantic_target)`` adds ``semantic_weight * (1 - cos)`` against a frozen
     teacher's patch features (:mod:`tokenizers_vis.teacher`). The projection is only used in training.
+
+    ``layout``: the encoder / decoder layout, "compact" or "taming" (LlamaGen's VQGAN layers; see
+    :mod:`tokenizers_vis.convnets`). ``latent_channels`` > 0 makes the encoder output that many channels and adds
+    1x1 convolutions from them to the ``embed_dim``-wide codes (``quant_conv``) and back (``post_quant_conv``), as
+    LlamaGen's 256 latent channels around 8-dimensional codes; 0 (the default) has the encoder emit the codes'
+    width directly.
     """
 
     family = TokenizerFamily(kind="vq2d", default_preset=DEFAULT_PRESET, accepts_teacher=True, supports_gan=True)
@@ -87,14 +93,24 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         semantic_dim: int = 0,
         semantic_layer: str = "decoder",
         semantic_weight: float = 0.5,
+        layout: str = "compact",
+        latent_channels: int = 0,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
         if semantic_layer not in SEMANTIC_LAYERS:
             raise ValueError(f"unknown semantic_layer {semantic_layer!r}; accepted: {', '.join(SEMANTIC_LAYERS)}")
-        self.encoder = Encoder(embed_dim, downsample_factor, tuple(channels), encoder_res_blocks, norm_groups)
-        self.decoder = Decoder(embed_dim, downsample_factor, tuple(channels), decoder_res_blocks, norm_groups)
+        latent = latent_channels or embed_dim
+        self.encoder = Encoder(
+            latent, downsample_factor, tuple(channels), encoder_res_blocks, norm_groups, layout=layout
+        )
+        self.decoder = Decoder(
+            latent, downsample_factor, tuple(channels), decoder_res_blocks, norm_groups, layout=layout
+        )
+        # identities (no weights) unless the latents are wider than the codes
+        self.quant_conv = nn.Conv2d(latent, embed_dim, 1) if latent_channels else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(embed_dim, latent, 1) if latent_channels else nn.Identity()
         self.quantizer = build_quantizer(quantizer_type, embed_dim, codebook_size, **(quantizer_kwargs or {}))
         if semantic_dim > 0:
             width = embed_dim if semantic_layer == "quantized" else getattr(self, semantic_layer).feature_channels
@@ -116,6 +132,8 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         return self._quantize(self.encoder(images))
 
     def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        """Encoder output (B, latent, h, w) -> quantized latents (B, D, h, w) and the quantizer's output."""
+        z = self.quant_conv(z)
         h, w = z.shape[-2:]
         out = self.quantizer(rearrange(z, "b d h w -> b (h w) d"))
         return rearrange(out.quantized, "b (h w) d -> b d h w", h=h, w=w), out
@@ -128,7 +146,7 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Quantized latents (B, D, h, w) -> images (B, 3, h*f, w*f)."""
-        return self.decoder(z).float()
+        return self.decoder(self.post_quant_conv(z)).float()
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w[, Q]) -> images (B, 3, h*f, w*f) in roughly [-1, 1]."""
@@ -146,7 +164,9 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         semantic = semantic_target is not None
         encoded = self.encoder(images, return_feature=semantic and self.config.semantic_layer == "encoder")
         z, out = self._quantize(encoded[0] if isinstance(encoded, tuple) else encoded)
-        decoded = self.decoder(z, return_feature=semantic and self.config.semantic_layer == "decoder")
+        decoded = self.decoder(
+            self.post_quant_conv(z), return_feature=semantic and self.config.semantic_layer == "decoder"
+        )
         recon = (decoded[0] if isinstance(decoded, tuple) else decoded).float()
         losses = reconstruction_losses(recon, images, self.config.recon_loss, out, self.config.quantizer_weight)
         if semantic:
@@ -184,3 +204,18 @@ register_preset(
     encoder_res_blocks=1,
     decoder_res_blocks=1,
 )
+# LlamaGen's VQ-16 and VQ-8 (FoundationVision/LlamaGen, tokenizer/tokenizer_image/vq_model.py) layer for layer: base
+# width 128 with multipliers (1, 1, 2, 2, 4) / (1, 2, 2, 4), 2 residual blocks per encoder level and 3 per decoder
+# level, 256 latent channels around 16384 l2-normalised (cosine) codes of dimension 8; about 72 M parameters.
+# Quantizer training keeps the project's recipe (EMA codebook, k-means init, dead-code replacement).
+_LLAMAGEN = dict(
+    layout="taming",
+    encoder_res_blocks=2,
+    decoder_res_blocks=3,
+    latent_channels=256,
+    embed_dim=8,
+    quantizer_type="vq",
+    codebook_size=16384,
+)
+register_preset("llamagen-vq16", ImageTokenizer, **_LLAMAGEN, downsample_factor=16, channels=(128, 128, 256, 256, 512))
+register_preset("llamagen-vq8", ImageTokenizer, **_LLAMAGEN, downsample_factor=8, channels=(128, 256, 256, 512))
