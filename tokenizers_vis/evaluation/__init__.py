@@ -2,6 +2,17 @@
 of scene attributes, Fréchet distance and CLIP score in a CLIP image space, and the attribute grader that checks
 scenes and clips against their prompts."""
 
+from .fid import (
+    FID_KINDS,
+    FolderEvaluation,
+    InceptionUnavailableError,
+    frechet_metric,
+    generation_fid,
+    inception_available,
+    inception_weights_path,
+    pipeline_resolution,
+    reconstruction_metrics_on_folder,
+)
 from .frechet import CLIPImageFeatures, clip_score, frechet_distance
 from .grader import DEFAULT_GRADER, GRID, AttributeGrader, grade, load_grader
 from .probe import cell_features, cell_targets, linear_probe, probe_latents
@@ -27,4 +38,13 @@ __all__ = [
     "object_centroids",
     "probe_latents",
     "reconstruct",
+    "FID_KINDS",
+    "FolderEvaluation",
+    "InceptionUnavailableError",
+    "frechet_metric",
+    "generation_fid",
+    "inception_available",
+    "inception_weights_path",
+    "pipeline_resolution",
+    "reconstruction_metrics_on_folder",
 ]
