@@ -9,6 +9,7 @@ from .pipeline import SAMPLING_KEYS, PipelineOutput, TextToImagePipeline, save_g
 from .prompt_encoder import PromptEncoder
 from .registry import PRESETS, create_generator, list_generators, load_generator, preset_class
 from .sampling import guidance_at, sample_logits, top_k_filter, top_p_filter
+from .text_encoders import HFTextEncoder, load_prompt_encoder
 from .training import GeneratorTrainConfig, train_generator
 from .transformer import KVCache, Transformer
 from .video import TextToVideoPipeline, VideoPipelineOutput, is_video_pipeline
@@ -28,6 +29,8 @@ __all__ = [
     "NextTokenGenerator",
     "PipelineOutput",
     "PromptEncoder",
+    "HFTextEncoder",
+    "load_prompt_encoder",
     "TextToImagePipeline",
     "Transformer",
     "create_generator",

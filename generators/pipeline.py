@@ -7,14 +7,16 @@ The folder follows the diffusers pipeline layout: ``model_index.json`` names eac
       model_index.json        {"_class_name": "TextToImagePipeline", "tokenizer": ["tokenizers_vis", ...], ...}
       tokenizer/              config.json + safetensors
       generator/              config.json + safetensors
-      prompt_encoder/         the frozen CLIP (text tower used; image tower kept for evaluation)
+      prompt_encoder/         the frozen text encoder: the project's CLIP (text tower used; image tower kept for
+                              evaluation) or a transformers one (CLIP text, T5, ...: HFTextEncoder)
 
 Components are loaded through the project's registries, never by importing whatever a JSON file names.
 The sampling settings found best by ``scripts/tune_sampling.py`` are stored as the pipeline's defaults.
 
 ``num_candidates`` > 1 draws that many samples per requested image and keeps the one whose CLIP image embedding
 (the prompt encoder's own CLIP, image tower) is closest to the prompt's text embedding: CLIP re-ranking, as in
-DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-conditioned generator.
+DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-conditioned generator whose prompt encoder
+is a CLIP with an image tower (a :class:`PromptEncoder`, not a transformers text encoder).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tokenizers_vis import load_tokenizer
 
 from .prompt_encoder import PromptEncoder
 from .registry import generator_families, load_generator
+from .text_encoders import load_prompt_encoder
 
 # sampling settings that every pipeline takes, with the values it uses unless its folder or the call says otherwise
 RUN_DEFAULTS = {
@@ -79,15 +82,28 @@ def split_request(
 class TextToImagePipeline:
     """``pipe(["a large red circle at the top left"], num_images_per_prompt=4)`` -> PNG-ready images.
 
-    With a class-conditioned generator, pass ``class_labels`` instead of prompts (``prompt_encoder`` may be None).
+    With a class-conditioned generator, pass ``class_labels`` instead of prompts (``prompt_encoder`` may be None):
+    label ids, or names from ``class_names`` (the sub-folder names of class-folder training data). An unconditional
+    generator takes neither: ``pipe(num_images_per_prompt=8)``.
     """
 
     produces_video = False  # still images; a text-to-video pipeline's outputs are clips
     run_defaults = RUN_DEFAULTS
 
-    def __init__(self, tokenizer, generator, prompt_encoder: PromptEncoder | None = None, defaults: dict | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        generator,
+        prompt_encoder: PromptEncoder | None = None,
+        defaults: dict | None = None,
+        class_names: list[str] | None = None,
+    ):
         if generator.config.condition == "prompt" and prompt_encoder is None:
             raise ValueError("a prompt-conditioned generator needs a prompt_encoder")
+        if class_names is not None and len(class_names) != generator.config.num_classes:
+            count = generator.config.num_classes
+            raise ValueError(f"{len(class_names)} class names for a generator of {count} classes")
+        self.class_names = class_names
         self.tokenizer, self.generator, self.prompt_encoder = tokenizer.eval(), generator.eval(), prompt_encoder
         unknown = set(defaults or {}) - set(SAMPLING_KEYS)
         if unknown:
@@ -139,6 +155,11 @@ class TextToImagePipeline:
         kind = self.generator.config.condition
         if candidates < 1 or (candidates > 1 and kind != "prompt"):
             raise ValueError(f"num_candidates must be >= 1 (> 1 only with prompts), got {candidates}")
+        if candidates > 1 and not hasattr(self.prompt_encoder, "clip"):  # refused before any sampling
+            raise ValueError(
+                f"num_candidates > 1 re-ranks with CLIP image embeddings, and this pipeline's prompt encoder "
+                f"({type(self.prompt_encoder).__name__}) has no image tower; use num_candidates=1"
+            )
         if kind == "prompt":
             if prompt is None:
                 raise ValueError("this pipeline's generator is prompt-conditioned: pass prompt=")
@@ -149,7 +170,7 @@ class TextToImagePipeline:
         elif kind == "class":
             if class_labels is None:
                 raise ValueError("this pipeline's generator is class-conditioned: pass class_labels=")
-            labels = torch.as_tensor(class_labels, device=self.device).long()
+            labels = self.class_ids(class_labels).to(self.device)
             condition = labels.repeat_interleave(num_images_per_prompt)
             batch = len(condition)
         else:
@@ -170,6 +191,19 @@ class TextToImagePipeline:
             tokens, pixels = self._rerank(wanted, tokens, pixels, candidates)
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
         return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu(), stats)
+
+    def class_ids(self, labels: list[int | str] | torch.Tensor) -> torch.Tensor:
+        """Class labels as ids ``(B,)``: ids pass through, names are looked up in :attr:`class_names`."""
+        if isinstance(labels, torch.Tensor):
+            return labels.long()
+        if isinstance(labels, (int, str)):
+            labels = [labels]
+        names = {name: i for i, name in enumerate(self.class_names or [])}
+        unknown = [x for x in labels if isinstance(x, str) and x not in names]
+        if unknown:
+            known = ", ".join(self.class_names) if self.class_names else "none: pass label ids"
+            raise ValueError(f"unknown class name(s) {unknown}; this pipeline's classes: {known}")
+        return torch.tensor([names[x] if isinstance(x, str) else int(x) for x in labels])
 
     def _sampling(self, given: dict) -> dict:
         """The pipeline's defaults overridden by ``given``, checked against what the generator accepts."""
@@ -203,6 +237,7 @@ class TextToImagePipeline:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         index = {"_class_name": type(self).__name__, "defaults": self.defaults}
+        index |= {"condition": self.generator.config.condition, "class_names": self.class_names}
         for name in ("tokenizer", "generator", "prompt_encoder"):
             part = getattr(self, name)
             if part is None:
@@ -230,12 +265,13 @@ class TextToImagePipeline:
             raise ValueError(f"{folder} holds a {index.get('_class_name')!r}, not a {cls.__name__}")
         encoder = None
         if index.get("prompt_encoder", [None])[0] is not None:
-            encoder = PromptEncoder.from_pretrained(folder / "prompt_encoder")
+            encoder = load_prompt_encoder(folder / "prompt_encoder")  # the project's CLIP or a transformers one
         pipe = cls(
             load_tokenizer(folder / "tokenizer"),
             load_generator(folder / "generator").float(),
             encoder,
             index.get("defaults"),
+            index.get("class_names"),
         )
         return pipe.to(device) if device is not None else pipe
 

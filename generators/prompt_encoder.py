@@ -38,38 +38,50 @@ class PromptEncoder(nn.Module):
     shape at 64 px, so its states for "a red triangle" and "a red diamond" have cosine 0.98, and a generator
     conditioned on them cannot learn which shape to draw. The word embedding table is a lookup, one vector per
     word, so the words stay distinct, while the states still say which words belong together.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) is the dtype the CLIP holds its weights and computes in; states are float32
+    all the same. It is saved with the folder.
     """
 
     config_name = "prompt_encoder.json"
 
-    def __init__(self, clip: CLIPEncoder, word_embeddings: bool = False) -> None:
+    def __init__(self, clip: CLIPEncoder, word_embeddings: bool = False, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.clip = clip.freeze()
+        self.clip = clip.freeze() if dtype is None else clip.freeze().to(dtype)
         self.word_embeddings = word_embeddings
         self.train(False)
 
     @classmethod
     def from_clip(
-        cls, name_or_path: str | os.PathLike, pretrained: str | None = None, word_embeddings: bool = False
+        cls,
+        name_or_path: str | os.PathLike,
+        pretrained: str | None = None,
+        word_embeddings: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> PromptEncoder:
         """From a CLIP folder (e.g. ``assets/pipeline/prompt_encoder``) or an open_clip name + pretrained tag (see
         ``load_clip``)."""
-        return cls(load_clip(name_or_path, pretrained), word_embeddings)
+        return cls(load_clip(name_or_path, pretrained), word_embeddings, dtype)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, word_embeddings: bool | None = None) -> PromptEncoder:
-        """From a saved prompt-encoder or CLIP folder; ``word_embeddings`` None takes the folder's saved choice
-        (False for a bare CLIP folder)."""
+    def from_pretrained(
+        cls, folder: str | os.PathLike, word_embeddings: bool | None = None, dtype: torch.dtype | None = None
+    ) -> PromptEncoder:
+        """From a saved prompt-encoder or CLIP folder; ``word_embeddings`` and ``dtype`` None take the folder's
+        saved choice (False and float32 for a bare CLIP folder)."""
+        config = Path(folder) / cls.config_name
+        saved = json.loads(config.read_text()) if config.is_file() else {}
         if word_embeddings is None:
-            config = Path(folder) / cls.config_name
-            word_embeddings = json.loads(config.read_text())["word_embeddings"] if config.is_file() else False
-        return cls(CLIPEncoder.from_pretrained(folder), word_embeddings)
+            word_embeddings = saved.get("word_embeddings", False)
+        if dtype is None:
+            dtype = getattr(torch, saved.get("dtype", "float32"))
+        return cls(CLIPEncoder.from_pretrained(folder), word_embeddings, dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Saves the CLIP it wraps and this encoder's choice of features (a pipeline keeps it as a subfolder,
         e.g. ``pipeline/prompt_encoder``)."""
         self.clip.save_pretrained(folder)
-        config = {"word_embeddings": self.word_embeddings}
+        config = {"word_embeddings": self.word_embeddings, "dtype": str(self.dtype).removeprefix("torch.")}
         (Path(folder) / self.config_name).write_text(json.dumps(config, indent=2) + "\n")
 
     def train(self, mode: bool = True) -> PromptEncoder:
@@ -89,6 +101,11 @@ class PromptEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.clip.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the CLIP computes in (states are returned as float32 all the same)."""
+        return next(self.clip.parameters()).dtype
 
     @torch.no_grad()
     def forward(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

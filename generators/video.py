@@ -54,7 +54,7 @@ class TextToVideoPipeline(TextToImagePipeline):
 
     produces_video = True
 
-    def __init__(self, tokenizer, generator, prompt_encoder, defaults: dict | None = None):
+    def __init__(self, tokenizer, generator, prompt_encoder, defaults: dict | None = None, class_names: None = None):
         config = generator.config
         if config.condition != "prompt" or len(config.grid_size) != 3:
             raise ValueError(

@@ -5,6 +5,8 @@
         --prompt "a large white square at the right" --num-images 8 --guidance-scale 3 \\
         --top-k 100 --seed 1 --out outputs/demo
     python scripts/generate.py --generator next-x --entity cell --k 2 --prompt "a large red circle at the top left"
+    python scripts/generate.py --pipeline runs/classes/pipeline --class-label 207 --class-label tabby_cat
+    python scripts/generate.py --pipeline runs/uncond/pipeline --num-images 16      # unconditional
 
 Prompts follow the scene-caption grammar the shipped model was trained on:
 "a <small|large> <colour> <shape> at the <position>", objects joined with ", " and " and ".
@@ -89,6 +91,8 @@ def sampling_flags(args: argparse.Namespace) -> dict:
 
 def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> list[Path]:
     """A text-to-video pipeline folder: one GIF per clip and grid.gif (one row per prompt)."""
+    if not args.prompt:
+        raise SystemExit("a text-to-video pipeline needs --prompt")
     if not FAMILIES[args.generator].takes_videos or (args.num_candidates or 1) > 1:
         kinds = " or ".join(kind for kind, family in FAMILIES.items() if family.takes_videos)
         raise SystemExit(f"text-to-video pipelines use a {kinds} generator and no --num-candidates")
@@ -115,9 +119,41 @@ def generate_videos(args: argparse.Namespace, folder: Path, start: float) -> lis
     return paths
 
 
+def requested_rows(p: argparse.ArgumentParser, args: argparse.Namespace, pipe: TextToImagePipeline) -> tuple:
+    """(one name per grid row, the pipeline's keyword arguments) for the condition the pipeline was trained with."""
+    kind = pipe.generator.config.condition
+    given = {"prompt": args.prompt, "class": args.class_labels}
+    for name, value in given.items():
+        if value and kind != name:
+            flag = "--prompt" if name == "prompt" else "--class-label"
+            described = {"prompt": "text-conditioned", "class": "class-conditioned", "none": "unconditional"}[kind]
+            p.error(f"{flag} does not apply: this pipeline is {described}")
+    if kind == "prompt":
+        if not args.prompt:
+            p.error("this pipeline is text-conditioned: pass --prompt")
+        return args.prompt, {"prompt": args.prompt}
+    if kind == "class":
+        if not args.class_labels:
+            names = ", ".join(pipe.class_names or []) or f"ids 0..{pipe.generator.config.num_classes - 1}"
+            p.error(f"this pipeline is class-conditioned: pass --class-label (one of {names})")
+        labels = [int(x) if x.isdigit() else x for x in args.class_labels]
+        try:
+            pipe.class_ids(labels)
+        except ValueError as error:
+            p.error(str(error))
+        return [str(x) for x in args.class_labels], {"class_labels": labels}
+    return ["sample"], {}
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    p.add_argument("--prompt", action="append", help="repeat for several prompts (text-conditioned pipelines)")
+    p.add_argument(
+        "--class-label",
+        action="append",
+        dest="class_labels",
+        help="class id or name, repeat for several (class-conditioned pipelines); neither flag: unconditional",
+    )
     p.add_argument("--pipeline", type=Path, help="saved pipeline folder (default: the shipped one of --generator)")
     p.add_argument("--generator", choices=list(FAMILIES), default="next-token")
     p.add_argument("--entity", choices=ENTITIES, help="next-X entity (token, cell, subsample, scale, image)")
@@ -156,9 +192,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return generate_videos(args, folder, start)
     pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
     check_generator(pipe, args.generator, options, folder)
+    rows, request = requested_rows(p, args, pipe)
     sampling = sampling_flags(args)
     out = pipe(
-        args.prompt,
+        **request,
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         use_cache=not args.no_cache,
@@ -168,8 +205,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(out.images):
-        prompt = args.prompt[i // args.num_images]
-        path = args.out / f"{slug(prompt)}_{i % args.num_images}.png"
+        path = args.out / f"{slug(rows[i // args.num_images])}_{i % args.num_images}.png"
         image.save(path)
         paths.append(path)
     save_grid(out.images, args.out / "grid.png", per_row=args.num_images)

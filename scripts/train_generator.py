@@ -1,16 +1,20 @@
-"""Train a text-to-image generator (next-token or next-X) on tokens of a trained tokenizer.
+"""Train a generator (next-token or next-X) on tokens of a trained tokenizer: text-, class- or unconditional.
 
     accelerate launch scripts/train_generator.py                                   # shipped tokenizer + CLIP
     accelerate launch scripts/train_generator.py --tokenizer runs/tok/model --steps 500 --output-dir runs/gen
     accelerate launch scripts/train_generator.py --config my_run.yaml --resume
     accelerate launch scripts/train_generator.py --preset nx-small --entity cell --k 2   # next-X (xAR)
     accelerate launch scripts/train_generator.py --objectives next=0.6,random=0.2,next_all=0.2 --num-predict 4
+    accelerate launch scripts/train_generator.py --data my_photos/ --text-encoder google/flan-t5-base  # captioned
+    accelerate launch scripts/train_generator.py --data imagenet/train --condition class --preset gpt-b \
+        --tokenizer runs/vq16/model --resolution 256                             # class sub-folders
     accelerate launch scripts/train_generator.py --data videos --frames 9 --tokenizer runs/tok_video/model \
         --train-samples 12000 --output-dir runs/video_gen                       # text-to-video (GIF samples)
 
-The scenes are tokenized once and cached (``--cache-dir``); a killed run continues with the same command plus
-``--resume``. Sample grids (``samples_*.png``) are written every ``--sample-every`` steps; the final pipeline folder
-(tokenizer + generator + prompt encoder) lands in ``<output-dir>/pipeline`` for ``scripts/generate.py``.
+The data is tokenized once into token shards on disk (``--cache-dir``; a killed tokenization continues where it
+stopped); a killed run continues with the same command plus ``--resume``. Sample grids (``samples_*.png``) are
+written every ``--sample-every`` steps; the final pipeline folder (tokenizer + generator + text encoder, or the
+class names) lands in ``<output-dir>/pipeline`` for ``scripts/generate.py``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
         "--objectives", type=ratios, help="next-token TokenUnify mixture, e.g. next=0.6,random=0.2,next_all=0.2"
     )
     p.add_argument("--tokenizer", help="saved tokenizer folder")
-    p.add_argument("--prompt-encoder", help="saved CLIP / prompt-encoder folder")
+    p.add_argument(
+        "--text-encoder",
+        "--prompt-encoder",
+        dest="prompt_encoder",
+        help="frozen text encoder: a project CLIP folder, a transformers CLIP / T5 / AutoModel text encoder (folder "
+        "or hub name) or open_clip:NAME[:TAG]",
+    )
     p.add_argument(
         "--no-prompt-words",
         dest="prompt_word_embeddings",
@@ -54,11 +64,20 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
         help="condition on the CLIP text states only, without the word embeddings (see PromptEncoder)",
     )
     p.add_argument(
-        "--data", choices=("scenes", "videos"), help="scenes (text-to-image) or videos (moving shapes, video tokenizer)"
+        "--data",
+        help="scenes | videos (built-in, captioned; videos need a video tokenizer) | a folder of images (captions from "
+        ".txt sidecars or metadata.jsonl/.csv) | a folder of class sub-folders | WebDataset .tar shards",
     )
+    p.add_argument("--condition", choices=("auto", "text", "class", "none"), help="auto: by the data")
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also train on mirrored images (default: on for class / none, off for captions that may say left/right)",
+    )
+    p.add_argument("--num-workers", type=int, dest="num_workers", help="DataLoader workers while tokenizing")
     for name in ("resolution", "frames", "steps", "batch_size", "train_samples", "eval_samples", "save_every"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
-    for name in ("sample_every", "seed", "warmup_steps", "cpu_threads"):
+    for name in ("sample_every", "seed", "warmup_steps", "cpu_threads", "max_nonfinite_skips"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     for name in ("lr", "weight_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)

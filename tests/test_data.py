@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, features
 from torch.utils.data import DataLoader
+from user_images import write_shard
 
 from tokenizers_vis.data import (
     COLORS,
@@ -231,21 +231,13 @@ def _png_bytes(color: tuple[int, int, int]) -> bytes:
     return data.getvalue()
 
 
-def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
-
 def _color(k: int) -> tuple[int, int, int]:
     return (40 * k, 255 - 40 * k, 120)
 
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
-    _write_shard(
+    write_shard(
         tmp_path / "shard-000.tar",
         [
             ("s0.png", _png_bytes(_color(0))),
@@ -256,7 +248,7 @@ def shards(tmp_path: Path) -> Path:
             ("s2.txt", b"caption 2"),
         ],
     )
-    _write_shard(
+    write_shard(
         tmp_path / "shard-001.tar",
         [
             ("s3.caption", "caption 3 é".encode()),

@@ -165,7 +165,7 @@ def test_train_generator_writes_a_pipeline_and_resumes_exactly(saved_parts, tmp_
     assert straight["trained_steps_this_run"] == 6 and straight["grid"] == [4, 4]
     assert 0 < straight["heldout_token_accuracy"] <= 1
     assert (out / "samples_000003.png").is_file() and (out / "samples.png").is_file()
-    assert len(list((tmp_path / "cache").glob("tokens-*.pt"))) == 2  # train + held-out, tokenized once
+    assert len(list((tmp_path / "cache").glob("tokens-*/index.json"))) == 2  # train + held-out, tokenized once
 
     train_generator(GeneratorTrainConfig(**base, steps=3, output_dir=str(tmp_path / "b")))
     resumed = train_generator(GeneratorTrainConfig(**base, steps=6, output_dir=str(tmp_path / "b"), resume=True))

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from PIL import Image
 
 from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator, train_generator
-from generators.training import tokenize_data
+from generators.training import tokenize_split
 from generators.video import TextToVideoPipeline
 from tokenizers_vis import create_tokenizer, load_tokenizer
 from tokenizers_vis.clip import CLIPEncoder
@@ -63,20 +64,20 @@ def video_config(saved_parts: Path, tmp_path: Path, **kw) -> GeneratorTrainConfi
     return GeneratorTrainConfig(**(base | kw))
 
 
-def test_video_tokens_are_cached_as_t_h_w_grids(saved_parts, tmp_path):
+def test_video_tokens_are_stored_as_t_h_w_grids(saved_parts, tmp_path):
     cfg = video_config(saved_parts, tmp_path)
     tokenizer = load_tokenizer(saved_parts / "tokenizer")
-    data = tokenize_data(tokenizer, "heldout", cfg, 6, torch.device("cpu"))
-    assert data["tokens"].shape == (6, 2, 4, 4) and data["tokens"].dtype == torch.int16
-    clips = MovingShapes(6, 32, frames=5, split="heldout", seed=0)
-    assert data["captions"] == [clips.describe(i)["caption"] for i in range(6)]
-    assert torch.equal(data["tokens"][2].long(), tokenizer.encode(clips[2]["video"][None])[0])
-    (cached,) = (tmp_path / "cache").glob("tokens-videos-heldout-32x5-*.pt")
-    cached.write_bytes(b"")  # a second call must read the file (and fail on this one), not re-encode
-    with pytest.raises(EOFError):
-        tokenize_data(tokenizer, "heldout", cfg, 6, torch.device("cpu"))
+    data = tokenize_split(tokenizer, "heldout", cfg, "prompt", Accelerator(cpu=True))
+    assert len(data) == 8 and data.grid == (2, 4, 4) and not data.has_flip  # captions may say left or right
+    clips = MovingShapes(8, 32, frames=5, split="heldout", seed=0)
+    assert data.captions(torch.arange(8)) == [clips.describe(i)["caption"] for i in range(8)]
+    assert torch.equal(data.tokens(torch.tensor([2]))[0], tokenizer.encode(clips[2]["video"][None])[0])
+    (store,) = (tmp_path / "cache").glob("tokens-videos-heldout-32x5-*")
+    (store / "index.json").write_text("{}")  # a second call must read the finished store, not re-encode
+    with pytest.raises(KeyError):
+        tokenize_split(tokenizer, "heldout", cfg, "prompt", Accelerator(cpu=True))
     with pytest.raises(ValueError, match="needs a video tokenizer"):
-        tokenize_data(create_tokenizer("vq-f8-tiny"), "heldout", cfg, 6, torch.device("cpu"))
+        tokenize_split(create_tokenizer("vq-f8-tiny"), "heldout", cfg, "prompt", Accelerator(cpu=True))
 
 
 def test_video_generator_trains_and_saves_a_video_pipeline(saved_parts, tmp_path):

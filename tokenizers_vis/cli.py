@@ -55,6 +55,7 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         "gan_start",
         "num_workers",
         "cpu_threads",
+        "max_nonfinite_skips",
     ):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     p.add_argument(

@@ -1,5 +1,5 @@
 """What every trainer shares: the base run config, the LR schedule, parameter groups, mixed precision, CPU threads,
-checkpoint / resume and atomic model saves.
+checkpoint / resume, atomic model saves and the guard against non-finite losses (nothing non-finite is ever saved).
 
 Trainers on it: :mod:`tokenizers_vis.training` (tokenizers), :mod:`tokenizers_vis.clip_training` (the project CLIP),
 :mod:`tokenizers_vis.evaluation.grader_training` (the attribute grader) and :mod:`generators.training`.
@@ -8,11 +8,12 @@ Trainers on it: :mod:`tokenizers_vis.training` (tokenizers), :mod:`tokenizers_vi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -51,6 +52,9 @@ class AccelerateRunConfig(RunConfig):
     log_every: int = 20
     resume: bool = False  # continue from the newest checkpoint under output_dir
     cpu_threads: int = 0  # CPU training: torch threads per process, 0 = available cores / local processes
+    # steps with a non-finite loss or gradient norm skipped (update dropped) before the run stops; 0 = stop at the
+    # first. Overflows that fp16 loss scaling handles itself are not counted (see NonFiniteGuard)
+    max_nonfinite_skips: int = 0
 
 
 def config_from_file(cls: type, path: str | Path, **overrides: Any) -> Any:
@@ -131,8 +135,103 @@ def resume_from_latest(accelerator: Accelerator, output_dir: Path) -> int:
     return step
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
-    """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint."""
+class NonFiniteLossError(FloatingPointError):
+    """A training step gave a NaN or infinite loss or gradient norm, and no more such steps may be skipped."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """A model about to be saved holds a NaN or infinity (it is not written)."""
+
+
+def first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or floating buffer of ``model`` holding a NaN or infinity, None if none does.
+    FSDP shards (DTensors) are checked locally: each rank sees its own part."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        local = t.to_local() if hasattr(t, "to_local") else t
+        if local.is_floating_point() and not torch.isfinite(local).all():
+            return name
+    return None
+
+
+class NonFiniteGuard:
+    """Stops a run at its first step with a non-finite loss or gradient norm, or skips up to ``max_skips`` of them.
+
+    Called once per optimizer step after ``accelerator.backward`` and ``accelerator.clip_grad_norm_`` (with
+    ``max_norm=math.inf`` when not clipping, which only measures the norm)::
+
+        if guard.check(step, opt, loss, grad_norm):
+            opt.step()
+
+    A skipped step's gradients are dropped (the LR schedule still advances, so a step index means the same LR and
+    batch with or without skips); buffers updated in the forward pass (EMA codebooks) are not rolled back, and if
+    they turned non-finite the next steps fail too until the bound stops the run. The loss and norm of every rank are
+    gathered, so all ranks decide alike and DDP / FSDP never desync; this costs one small collective and one host sync
+    per step. Under fp16 loss scaling an infinite gradient is the ``GradScaler``'s business (it skips the step and
+    lowers the scale, as fp16 training expects, without bound), so only the loss is checked there.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, max_skips: int = 0) -> None:
+        self.accelerator, self.output_dir, self.max_skips = accelerator, output_dir, max_skips
+        self.skips = 0
+
+    def check(
+        self, step: int, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor | None = None
+    ) -> bool:
+        """True if this step's update may be applied. False if it is skipped (``optimizer``'s gradients cleared);
+        raises :class:`NonFiniteLossError` naming ``step`` and the checkpoint to resume from once skips run out."""
+        acc = self.accelerator
+        values = [loss.detach().float().reshape(())]
+        if grad_norm is not None and acc.scaler is None:
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2
+            values.append(grad_norm.detach().float().reshape(()).to(values[0].device))
+        gathered = acc.gather(torch.stack(values)).view(acc.num_processes, len(values)).cpu()
+        if bool(torch.isfinite(gathered).all()):
+            return True
+        found = f"loss {_fmt(gathered[:, 0])}" + (f", grad norm {_fmt(gathered[:, 1])}" if len(values) > 1 else "")
+        if self.skips < self.max_skips:
+            self.skips += 1
+            acc.print(
+                f"step {step}: non-finite loss or gradient norm ({found}); update skipped ({self.skips} of "
+                f"{self.max_skips} allowed)"
+            )
+            optimizer.zero_grad(set_to_none=True)
+            if acc.scaler is not None:  # clears the scaler's "already unscaled" mark and backs off like an overflow
+                acc.scaler.update(acc.scaler.get_scale() * acc.scaler.get_backoff_factor())
+            return False
+        ckpt = latest_checkpoint(self.output_dir)
+        where = (
+            f"the last good checkpoint is {ckpt}: continue from it with --resume (after the cause is fixed: a lower "
+            "--lr, longer --warmup-steps or --mixed-precision no)"
+            if ckpt
+            else "no checkpoint was written yet"
+        )
+        skips = (
+            f"{self.skips} such steps were skipped already, the most --max-nonfinite-skips allows"
+            if self.max_skips
+            else "--max-nonfinite-skips N skips up to N such steps instead"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient norm at step {step} ({found}), nothing saved from it; {where}; {skips}"
+        )
+
+
+def _fmt(values: torch.Tensor) -> str:
+    """One value, or one per rank in brackets."""
+    text = [f"{v:.4g}" for v in values.tolist()]
+    return text[0] if len(text) == 1 else f"[{', '.join(text)}] (by rank)"
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, models: Sequence[torch.nn.Module], keep: int = 2
+) -> None:
+    """Accelerate state written to a temporary folder and renamed, so a kill never leaves a half checkpoint. Refused
+    (:class:`NonFiniteWeightsError`, on every rank, nothing written) if one of the prepared ``models`` holds a NaN or
+    infinity, so a bad step never rotates the good checkpoints away."""
+    # the flag is gathered so every rank raises or none does
+    bad = [name for m in models if (name := first_nonfinite(accelerator.unwrap_model(m))) is not None]
+    if accelerator.gather(torch.tensor([len(bad)], device=accelerator.device)).any():
+        name = bad[0] if bad else "a parameter shard on another process"
+        raise NonFiniteWeightsError(f"refusing to write checkpoint step_{step}: {name} holds NaN or infinite values")
     root = output_dir / "checkpoints"
     tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
     if accelerator.is_main_process:
@@ -151,8 +250,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     accelerator.wait_for_everyone()
 
 
-def save_model_atomically(model: Any, path: Path) -> None:
-    """``model.save_pretrained`` into a temporary folder renamed to ``path``, so a kill never leaves half a model."""
+def save_model_atomically(model: torch.nn.Module, path: Path) -> None:
+    """``model.save_pretrained`` into a temporary folder renamed to ``path``, so a kill never leaves half a model;
+    refused (:class:`NonFiniteWeightsError`, nothing written) if the model holds a NaN or infinity."""
+    if (name := first_nonfinite(model)) is not None:
+        raise NonFiniteWeightsError(f"refusing to write {path}: {name} holds NaN or infinite values")
     tmp = path.with_name(f".tmp_{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -161,5 +263,7 @@ def save_model_atomically(model: Any, path: Path) -> None:
 
 
 def param_checksum(model: torch.nn.Module) -> float:
-    """Sum of all parameters and buffers in float64: equal across ranks iff they stayed in sync."""
-    return float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
+    """Sum of all parameters and buffers in float64: equal across ranks iff they stayed in sync. FSDP shards
+    (DTensors) are summed locally, without a collective: there each rank gives its own shard's sum."""
+    tensors = (t.to_local() if hasattr(t, "to_local") else t for t in model.state_dict().values())
+    return float(sum(t.double().sum() for t in tensors if t.is_floating_point()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .registry import DEFAULT_PRESET, create_tokenizer, family_of, preset_class,
 from .teacher import load_teacher
 from .train_core import (
     AccelerateRunConfig,
+    NonFiniteGuard,
     lr_schedule,
     param_checksum,
     resolve_mixed_precision,
@@ -142,6 +144,8 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         log_with="tensorboard",
         project_dir=str(out),
+        # the schedule counts optimizer steps; by default accelerate would advance it once per process
+        step_scheduler_with_optimizer=False,
     )
     set_seed(cfg.seed)
     set_cpu_threads(accelerator, cfg.cpu_threads)
@@ -182,11 +186,13 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         model, opt, sched, disc, d_opt = accelerator.prepare(model, opt, sched, disc, d_opt)
     else:
         model, opt, sched = accelerator.prepare(model, opt, sched)
+    trained = [model, disc] if use_gan else [model]
 
     start = resume_from_latest(accelerator, out) if cfg.resume else 0
     accelerator.init_trackers("tokenizer", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
 
     raw = accelerator.unwrap_model(model)
+    guard = NonFiniteGuard(accelerator, out, cfg.max_nonfinite_skips)
     t0 = time.time()
     bar = tqdm(
         range(start, cfg.steps),
@@ -214,16 +220,18 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
                 loss = loss + cfg.gan_weight * weight * g_loss
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        # grad_clip 0: max_norm inf only measures the norm (one pass over the gradients) for the guard
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        if guard.check(step, opt, loss, grad_norm):
+            opt.step()
         sched.step()
         if use_gan and step >= cfg.gan_start:
             with accelerator.autocast():
                 d_loss = hinge_d_loss(disc(x), disc(recon.detach()))
             d_opt.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
-            d_opt.step()
+            if guard.check(step, d_opt, d_loss):
+                d_opt.step()
 
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             logs = {k: float(v.detach()) for k, v in losses.items()}
@@ -231,9 +239,9 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             accelerator.log(logs, step=step)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", usage=f"{logs['usage']:.2f}")
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(accelerator, out, step + 1)
+            save_checkpoint(accelerator, out, step + 1, trained)
     wall = time.time() - t0
-    save_checkpoint(accelerator, out, cfg.steps)
+    save_checkpoint(accelerator, out, cfg.steps, trained)
 
     checksums = accelerator.gather(torch.tensor([param_checksum(raw)], device=accelerator.device)).tolist()
     metrics: dict = {}
@@ -252,6 +260,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             tokenizer=type(raw).__name__,
             semantic_teacher=teacher.name if teacher is not None else None,
             skipped_files=source.skipped,
+            nonfinite_skips=guard.skips,
             cpu_threads=torch.get_num_threads(),
         )
         save_model_atomically(raw, out / "model")

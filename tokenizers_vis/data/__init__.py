@@ -12,10 +12,13 @@ from torch.utils.data import Dataset
 
 from .folders import (
     IMAGE_EXTENSIONS,
+    ClassImageFolder,
     ImageFolderDataset,
     WebDatasetShards,
+    class_folder_names,
     decode_image,
     in_holdout,
+    read_metadata_captions,
     resolve_shards,
     to_rgb,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "DIRECTIONS",
     "HELDOUT_PAIRS",
     "IMAGE_EXTENSIONS",
+    "ClassImageFolder",
     "PHOTO_FILES",
     "PHOTO_SPLITS",
     "POSITIONS",
@@ -49,12 +53,15 @@ __all__ = [
     "SyntheticScenes",
     "WebDatasetShards",
     "build_dataset",
+    "class_folder_names",
     "collate_images",
+    "collate_readable",
     "decode_image",
     "in_holdout",
     "load_photo",
     "make_caption",
     "make_video_caption",
+    "read_metadata_captions",
     "render_scene",
     "render_scenes",
     "render_video",
@@ -113,4 +120,13 @@ def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = torch.tensor(values)
         else:
             out[key] = values
+    return out
+
+
+def collate_readable(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """DataLoader ``collate_fn`` for ``on_error="drop"`` datasets: drops the None items and reports how many in
+    ``skipped`` (an int), so the main process counts the bad files every worker met."""
+    items = [item for item in batch if item is not None]
+    out = collate_images(items) if items else {}
+    out["skipped"] = len(batch) - len(items)
     return out
