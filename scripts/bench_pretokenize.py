@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--checkpoints", type=int, nargs="+", default=[5000, 20000])
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--tokenizer", default=str(ROOT / "assets/pipeline/tokenizer"))
+    p.add_argument("--tokenizer", default="assets/pipeline/tokenizer")
     p.add_argument("--chunk-size", type=int, default=1000)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "pretokenize.md")
     args = p.parse_args()
@@ -92,7 +92,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     table = "\n".join(
         [
-            f"Pre-tokenization of {args.images} captioned {args.resolution}-px PNGs with {Path(args.tokenizer).name} "
+            f"Pre-tokenization of {args.images} captioned {args.resolution}-px PNGs with {args.tokenizer} "
             f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}): {seconds:.0f} s, "
             f"{args.images / seconds:.1f} images/s; RSS before encoding {start_rss:.0f} MiB.",
             "",
