@@ -36,7 +36,7 @@ from tokenizers_vis import load_tokenizer
 
 from .prompt_encoder import PromptEncoder
 from .registry import generator_families, load_generator
-from .text_encoders import load_prompt_encoder
+from .text_encoders import HFTextEncoder, load_prompt_encoder
 
 # sampling settings that every pipeline takes, with the values it uses unless its folder or the call says otherwise
 RUN_DEFAULTS = {
@@ -94,7 +94,7 @@ class TextToImagePipeline:
         self,
         tokenizer,
         generator,
-        prompt_encoder: PromptEncoder | None = None,
+        prompt_encoder: PromptEncoder | HFTextEncoder | None = None,
         defaults: dict | None = None,
         class_names: list[str] | None = None,
     ):
