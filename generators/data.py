@@ -9,7 +9,6 @@ and labelled shards, and none otherwise.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from tokenizers_vis.data import (
     SyntheticScenes,
     WebDatasetShards,
     class_folder_names,
+    is_shard_source,
     read_metadata_captions,
     resolve_shards,
 )
@@ -46,12 +46,6 @@ class GeneratorData:
     key: str
 
 
-def _is_shards(source: str) -> bool:
-    if os.path.isdir(source):
-        return bool(glob.glob(os.path.join(glob.escape(source), "*.tar")))
-    return source.endswith(".tar") or any(c in source for c in "*?[")
-
-
 def _has_sidecars(root: Path) -> bool:
     return any(name.endswith(".txt") for _, _, names in os.walk(root) for name in names)
 
@@ -67,7 +61,7 @@ def detect_condition(source: str) -> str:
     """The condition ``--condition auto`` picks for ``source`` (a generator condition name)."""
     if source in BUILT_IN:
         return "prompt"
-    if _is_shards(source):
+    if is_shard_source(source):
         first = next(iter(WebDatasetShards(source, resolution=8, on_error="drop")), None) or {}
         return "class" if "label" in first else "prompt" if first.get("caption") else "none"
     root = Path(source)
@@ -113,7 +107,7 @@ def generator_data(
         key = f"videos-{split}-{resolution}x{frames}-{count}-{seed}"
         return GeneratorData(data, _needs_captions(condition, source), None, key)
     options: dict[str, Any] = dict(split=split, on_error="drop")
-    if _is_shards(source):
+    if is_shard_source(source):
         shards = [Path(s) for s in resolve_shards(source)]
         data = WebDatasetShards(source, resolution, **options)
         return GeneratorData(data, condition, None, f"wds-{split}-{resolution}-{_fingerprint(shards)}")

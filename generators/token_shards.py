@@ -114,12 +114,17 @@ class TokenShards:
         return torch.tensor([int(self._array(c, "labels")[r]) for _, c, r in self._locate(idx)])
 
     def captions(self, idx: torch.Tensor) -> list[str]:
-        out = []
-        for _, c, r in self._locate(idx):
-            offset = int(self._array(c, "caption_offsets")[r])
+        """The captions of a batch, each chunk's file opened once per call (a batch is on the training hot path)."""
+        out: list[str] = [""] * idx.numel()
+        by_chunk: dict[int, list[tuple[int, int]]] = {}
+        for i, c, r in self._locate(idx):
+            by_chunk.setdefault(c, []).append((i, r))
+        for c, rows in by_chunk.items():
+            offsets = self._array(c, "caption_offsets")
             with open(self.chunks[c] / "captions.jsonl", "rb") as f:
-                f.seek(offset)
-                out.append(json.loads(f.readline()))
+                for i, r in rows:
+                    f.seek(int(offsets[r]))
+                    out[i] = json.loads(f.readline())
         return out
 
 

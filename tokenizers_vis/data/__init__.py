@@ -3,7 +3,6 @@ real-photo patches, and user image folders / shards."""
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any
 
@@ -18,6 +17,7 @@ from .folders import (
     class_folder_names,
     decode_image,
     in_holdout,
+    is_shard_source,
     read_metadata_captions,
     resolve_shards,
     to_rgb,
@@ -58,6 +58,7 @@ __all__ = [
     "collate_readable",
     "decode_image",
     "in_holdout",
+    "is_shard_source",
     "load_photo",
     "make_caption",
     "make_video_caption",
@@ -98,10 +99,10 @@ def build_dataset(
         return MovingShapes(2000 if num_samples is None else num_samples, resolution, split=split, seed=seed, **kwargs)
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown split {split!r} for folders and shards; expected 'train' or 'heldout'")
-    if os.path.isdir(source) and not glob.glob(os.path.join(glob.escape(source), "*.tar")):
-        return ImageFolderDataset(source, resolution, split=split, **kwargs)
-    if os.path.isdir(source) or source.endswith(".tar") or any(c in source for c in "*?["):
+    if is_shard_source(source):
         return WebDatasetShards(source, resolution, split=split, **kwargs)
+    if os.path.isdir(source):
+        return ImageFolderDataset(source, resolution, split=split, **kwargs)
     raise ValueError(
         f"unknown dataset source {source!r}; expected 'scenes', 'photos', 'videos', an existing directory of images, "
         "or a path / glob pattern of .tar shards"

@@ -289,6 +289,14 @@ def _sidecar_caption(path: Path) -> str:
         return ""
 
 
+def is_shard_source(source: str) -> bool:
+    """Whether ``source`` names WebDataset shards: a ``.tar`` path, a glob pattern, or a folder with ``*.tar`` at
+    its top level (any other folder is an image folder)."""
+    if os.path.isdir(source):
+        return bool(glob.glob(os.path.join(glob.escape(source), "*.tar")))
+    return source.endswith(".tar") or any(c in source for c in "*?[")
+
+
 def resolve_shards(urls_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Expand a directory (its ``*.tar`` files), a glob pattern, a path, or a list of those."""
     items = [urls_or_paths] if isinstance(urls_or_paths, (str, os.PathLike)) else list(urls_or_paths)
