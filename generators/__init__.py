@@ -3,6 +3,7 @@ generation with prompt or class conditioning and classifier-free guidance, the t
 pipelines and training. Grading lives in :mod:`tokenizers_vis.evaluation`."""
 
 from .entities import ENTITIES, make_entity
+from .llamagen import convert_llamagen_gpt, convert_llamagen_pipeline
 from .next_token import NextTokenGenerator
 from .next_x import NextXGenerator
 from .pipeline import SAMPLING_KEYS, PipelineOutput, TextToImagePipeline, save_grid
@@ -33,6 +34,8 @@ __all__ = [
     "load_prompt_encoder",
     "TextToImagePipeline",
     "Transformer",
+    "convert_llamagen_gpt",
+    "convert_llamagen_pipeline",
     "create_generator",
     "guidance_at",
     "list_generators",

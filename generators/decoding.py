@@ -22,6 +22,7 @@ the shortest accepted block of its rows, which keeps one cache for all rows.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,10 +31,14 @@ from tqdm.auto import tqdm
 
 from .conditioning import Condition, PrefixConditioning
 from .sampling import TokenSampler
-from .transformer import KVCache, Transformer
+from .transformer import KVCache, Transformer, thin_input_layout
 
 if TYPE_CHECKING:
     from .next_token import NextTokenGenerator
+
+# the most rows (batch x 2 with guidance) a decode step may have for thin_input_layout to pay: its matmuls ran 1.5x
+# faster at 2 rows, about even at 4 and 8, slower at 16 (2-core AVX2 CPU, MKL)
+THIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class TokenDecoder:
         self.model, self.prefix, self.sampler, self.num_predict = model, prefix, sampler, num_predict
         self.cache = prefix.new_cache(model.transformer, model.num_tokens) if use_cache else None
         self.forward_passes = 0
+        # every slot's rotary angles, computed once: each forward slices them
+        self.cos, self.sin = model._rotary(model._positions(0, model.first_slot + model.num_tokens))
+
+    def _rotary(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[start : start + count], self.sin[start : start + count]
 
     def decode(self, progress: bool = False) -> torch.Tensor:
         """Samples the flat token grids ``(B, N)``."""
@@ -100,7 +110,13 @@ class TokenDecoder:
             (self.prefix.batch_size, 1), self.model.config.codebook_size, dtype=torch.long
         )
         proposals = seq[:, :0]  # for the tokens right after the accepted ones
-        with tqdm(total=n, desc="sampling", disable=not progress, leave=False) as bar:
+        # decode steps of a few rows run their matmuls faster on input-major weights (CPU; see thin_input_layout)
+        rows = self.prefix.embeds.shape[0]
+        thin = self.cache is not None and rows <= THIN_ROWS and self.prefix.embeds.device.type == "cpu"
+        with (
+            thin_input_layout(self.model) if thin else nullcontext(),
+            tqdm(total=n, desc="sampling", disable=not progress, leave=False) as bar,
+        ):
             while (i := seq.shape[1] - 1) < n:
                 # slot i holds the last accepted token, slots i + 1 ... the proposals; a proposal for the grid's last
                 # token has no slot to be fed into and is only checked
@@ -109,7 +125,7 @@ class TokenDecoder:
                 accepted = self.verify(h, i, proposals)
                 seq = torch.cat([seq, accepted], dim=1)
                 if self.cache is not None:
-                    self.cache.length = self.prefix.length + seq.shape[1] - 1  # drops the rejected proposals' slots
+                    self.cache.length = self.model.first_slot + seq.shape[1] - 1  # drops the rejected proposals' slots
                 bar.update(accepted.shape[1])
                 proposals = self.propose(h[:, accepted.shape[1] - 1], seq.shape[1] - 1)
         return seq[:, 1:]
@@ -124,22 +140,26 @@ class TokenDecoder:
         return self.prefill(held)[:, first - held.shape[1] :]
 
     def prefill(self, held: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``(rows, P + T, dim)`` of the prefix and the slots holding ``held`` ``(rows, T)``, run from
-        the sequence's start; fills the cache, which must be empty."""
-        x = torch.cat([self.prefix.embeds, self.model._token_slots(held, 0)], dim=1)
-        return self.model.transformer(x, self.model._positions(0, x.shape[1]), cache=self.cache)
+        """Hidden states ``(rows, first_slot + T, dim)`` of the prefix and the slots holding ``held`` ``(rows, T)``
+        (``first_slot``: the model's, P or P - 1 by layout), run from the sequence's start; fills the cache, which
+        must be empty."""
+        slots = self.model._token_slots(held, 0, self.model.slot_condition(self.prefix.embeds))
+        x = torch.cat([self.prefix.embeds, slots], dim=1)
+        return self.model.transformer(x, self._rotary(0, x.shape[1]), cache=self.cache)
 
     def decode_step(self, held: torch.Tensor, first: int) -> torch.Tensor:
         """Hidden states ``(rows, T, dim)`` of slots ``first ... first + T - 1`` holding ``held`` ``(rows, T)``,
         attending to the prefix and slots cached before them; appends them to the cache."""
-        x = self.model._token_slots(held, first)
-        return self.model.transformer(x, self.model._positions(self.cache.length, x.shape[1]), cache=self.cache)
+        x = self.model._token_slots(held, first, self.model.slot_condition(self.prefix.embeds))
+        return self.model.transformer(x, self._rotary(self.cache.length, x.shape[1]), cache=self.cache)
 
     def verify(self, h: torch.Tensor, first: int, proposals: torch.Tensor) -> torch.Tensor:
         """The tokens ``(B, A)`` accepted from one forward, 1 <= A <= F + 1: ``h`` ``(rows, F + 1, dim)`` are the
         hidden states of the slots predicting tokens ``first ... first + F``, ``proposals`` ``(B, M)`` (M <= F + 1)
         the guesses for tokens ``first, first + 1, ...``. The main head draws its token at every slot, in order;
         its tokens are kept up to and including the first that differs from its proposal in any row."""
+        if not proposals.shape[1]:  # plain decoding: the first choice is accepted, with no host sync
+            return self.sampler.sample(self.model.head(h[:, 0]), first)[:, None]
         choices = torch.stack(
             [self.sampler.sample(self.model.head(h[:, j]), first + j) for j in range(h.shape[1])], dim=1
         )

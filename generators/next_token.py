@@ -8,7 +8,18 @@ to every prompt word, which is what binding "red" to "circle" and "circle" to "t
 guidance uses a learned null prefix, swapped in for a random ``cond_dropout`` share of training samples.
 
 Each input slot also gets a learned embedding of the grid position it must predict, so the model always knows
-where the next token goes (2D RoPE alone only gives relative offsets).
+where the next token goes (2D RoPE alone only gives relative offsets). With ``class_in_slots`` (the ``nt-*``
+presets) a class-conditioned model also adds the class embedding (the null class under guidance) to every slot: a
+small model then cannot drift into another class's pattern half-way through the grid, as it did when the class was
+only the one prefix token its later slots had to keep attending to.
+
+**Layouts** (config ``layout``). ``"start"`` (the default): the sequence above, [prefix, start token, token 0, ...,
+token N - 2], with target-position embeddings, the prefix and start token at the RoPE origin (no rotation).
+``"llamagen"`` (the ``gpt-*`` presets): LlamaGen's class-conditional GPT exactly, so its checkpoints load
+(:mod:`generators.llamagen`): [prefix, token 0, ..., token N - 2], the prefix's last slot predicting token 0, no
+start token and no target-position embeddings, and the prefix's rotary angles zero rather than the identity (LlamaGen
+pads its rotary table with zeros there), which zeroes the prefix's queries and keys: every slot gives the class token
+an attention logit of 0. The ``next_all`` objective needs the target-position embeddings of the ``"start"`` layout.
 
 **Mixture of objectives** (TokenUnify; config ``objectives``, e.g. ``{"next": 0.5, "random": 0.25,
 "next_all": 0.25}``, weights normalised; None = next-token only). Every training step (a forward with
@@ -54,6 +65,7 @@ from .sampling import TokenSampler
 from .transformer import SwiGLU, Transformer
 
 OBJECTIVES = ("next", "random", "next_all")
+LAYOUTS = ("start", "llamagen")
 MIN_MASK_SHARE = 0.1
 
 
@@ -82,6 +94,7 @@ _LLAMAGEN_C2I = dict(
     mlp_multiple_of=256,
     norm_eps=1e-5,
     rope_base=10000.0,
+    layout="llamagen",
 )
 
 
@@ -92,21 +105,23 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     ``condition``: "prompt" (condition = prompt states ``(B, prompt_length, prompt_dim)``, or a ``(states, mask)``
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
     ``[0, num_classes)``) or "none". ``objectives`` and ``num_predict``: see the module docstring.
-    ``mlp_multiple_of`` and ``norm_eps``: see :class:`~generators.transformer.Transformer`.
+    ``mlp_multiple_of`` and ``norm_eps``: see :class:`~generators.transformer.Transformer`. ``class_in_slots``:
+    add the class embedding to every slot as well (see the module docstring; ignored unless class-conditioned).
+    ``layout``: "start" or "llamagen" (see the module docstring).
 
-    Presets ``gpt-b``, ``gpt-l`` and ``gpt-xl`` have the width, depth and heads of LlamaGen's GPT-B (111 M
-    parameters), GPT-L (343 M) and GPT-XL (775 M) and their other settings; our start token and target-position
-    embeddings add under 0.2 % to those counts.
+    Presets ``gpt-b``, ``gpt-l`` and ``gpt-xl`` are LlamaGen's GPT-B (111 M parameters), GPT-L (343 M) and GPT-XL
+    (775 M) in its layout; our token table's one extra row (the ``random`` objective's mask id) is all they add.
     """
 
     family = GeneratorFamily(
         kind="next-token",
         default_preset="nt-small",
         presets={
-            "nt-tiny": dict(dim=64, depth=2, heads=4),  # tests and smoke runs
-            "nt-small": dict(dim=192, depth=6, heads=6),  # the shipped text-to-image model, sized for CPU training
-            "nt-base": dict(dim=768, depth=12, heads=12),  # GPU-sized
-            "nt-large": dict(dim=1024, depth=24, heads=16),
+            "nt-tiny": dict(dim=64, depth=2, heads=4, class_in_slots=True),  # tests and smoke runs
+            # the shipped text-to-image model, sized for CPU training
+            "nt-small": dict(dim=192, depth=6, heads=6, class_in_slots=True),
+            "nt-base": dict(dim=768, depth=12, heads=12, class_in_slots=True),  # GPU-sized
+            "nt-large": dict(dim=1024, depth=24, heads=16, class_in_slots=True),
             "gpt-b": dict(dim=768, depth=12, heads=12, **_LLAMAGEN_C2I),
             "gpt-l": dict(dim=1024, depth=24, heads=16, **_LLAMAGEN_C2I),
             "gpt-xl": dict(dim=1280, depth=36, heads=20, **_LLAMAGEN_C2I),
@@ -134,15 +149,21 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         num_predict: int = 1,
         mlp_multiple_of: int | None = None,
         norm_eps: float = 1e-6,
+        class_in_slots: bool = False,
+        layout: str = "start",
     ) -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
+        if layout != "start" and objectives and "next_all" in objectives:
+            raise ValueError("the next_all objective needs the target-position embeddings of layout='start'")
         if len(grid_size) not in (2, 3):
             raise ValueError(f"grid_size must be (h, w) or (t, h, w), got {tuple(grid_size)}")
         if not 1 <= num_predict <= math.prod(grid_size):
             raise ValueError(f"num_predict must be in [1, {math.prod(grid_size)}] (the grid's size), got {num_predict}")
         self._objective_names, self._objective_weights = self._parse_objectives(objectives)
         self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token (and the mask)
-        self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02)
+        self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02) if layout == "start" else None
         self._init_conditioning(condition, dim, num_classes, prompt_dim, prompt_length)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, rope_base, mlp_multiple_of, norm_eps)
         self.head = nn.Linear(dim, codebook_size, bias=False)
@@ -182,19 +203,46 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
 
     # ---- sequence assembly ---------------------------------------------------------------------------------------
 
+    @property
+    def first_slot(self) -> int:
+        """Sequence index of the slot that predicts grid token 0: the start token's, or in the ``llamagen`` layout
+        the prefix's last."""
+        return self.prefix_length - (self.config.layout == "llamagen")
+
     def _positions(self, start: int, count: int) -> torch.Tensor:
         """RoPE coordinates of sequence slots ``[start, start + count)``: the prefix and the start token sit at the
         origin, the slot holding image token k at that token's (row, col)."""
-        p = self.prefix_length
+        first_token = self.first_slot + 1  # the sequence index of the slot holding token 0
         slots = torch.arange(start, start + count, device=self.grid_positions.device)
-        token = (slots - p - 1).clamp(min=0)
-        return torch.where((slots > p)[:, None], self.grid_positions[token], 0)
+        token = (slots - first_token).clamp(min=0)
+        return torch.where((slots >= first_token)[:, None], self.grid_positions[token], 0)
 
-    def _token_slots(self, tokens: torch.Tensor, first: int) -> torch.Tensor:
+    def _rotary(self, positions: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary angles ``(cos, sin)`` of sequence slots ``start, start + 1, ...`` at ``positions`` ``(T, P)``; in the
+        ``llamagen`` layout the prefix's are zero (see the module docstring)."""
+        cos, sin = self.transformer.rotary(positions)
+        if self.config.layout == "llamagen":
+            rotated = (torch.arange(start, start + len(positions), device=cos.device) >= self.prefix_length)[:, None]
+            cos, sin = cos * rotated, sin * rotated
+        return cos, sin
+
+    def slot_condition(self, prefix: torch.Tensor) -> torch.Tensor | None:
+        """What every slot adds besides its token and target position: the class embedding ``(B, 1, dim)`` (the
+        prefix itself) with ``class_in_slots``, else None. ``prefix`` ``(B, P, dim)``."""
+        if self.config.condition == "class" and self.config.class_in_slots:
+            return prefix
+        return None
+
+    def _token_slots(self, tokens: torch.Tensor, first: int, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of the slots that predict tokens ``first, first + 1, ...``: slot j holds token j - 1 (the
-        start token for j = 0) plus the embedding of target position j. tokens ``(B, T)`` = the held tokens."""
-        x = self.token_embed(tokens)
-        return x + self.target_pos[first : first + tokens.shape[1]]
+        start token for j = 0) plus the embedding of target position j (plus ``cond``, the slot condition ``(B, 1,
+        dim)``, when not None). tokens ``(B, T)`` = the held tokens. In the ``llamagen`` layout slot 0 is the
+        prefix's last token: a start token held there (``first == 0``) is dropped, and no target position added."""
+        if self.config.layout == "llamagen":
+            x = self.token_embed(tokens[:, 1:] if first == 0 else tokens)
+        else:
+            x = self.token_embed(tokens) + self.target_pos[first : first + tokens.shape[1]]
+        return x if cond is None else x + cond
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         grid = tuple(self.config.grid_size)
@@ -221,14 +269,16 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             return self._random_token_loss(prefix, flat)
         start = torch.full((b, 1), self.config.codebook_size, device=tokens.device, dtype=torch.long)
         held = torch.cat([start, flat[:, :-1]], dim=1)
+        cond = self.slot_condition(prefix)
         if objective == "next":
             targets = torch.arange(n, device=tokens.device).expand(b, n)
-            slots = self._token_slots(held, 0)
+            slots = self._token_slots(held, 0, cond)
         else:
             targets = self._future_targets(b, tokens.device)
             slots = self.token_embed(held) + self.target_pos[targets]
+            slots = slots if cond is None else slots + cond
         x = torch.cat([prefix, slots], dim=1)
-        h = self.transformer(x, self._positions(0, x.shape[1]))[:, self.prefix_length :]
+        h = self.transformer(x, self._rotary(self._positions(0, x.shape[1])))[:, self.first_slot :]
         logits = self.head(h)
         if not return_loss:
             return logits
@@ -263,13 +313,16 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
 
     def _random_token_hidden(self, prefix: torch.Tensor, flat: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Bidirectional hidden states ``(B, N, dim)`` of the ``random`` layout: slot j holds token j, or the mask
-        id where ``masked`` (bool ``(B, N)``), plus target position j."""
+        id where ``masked`` (bool ``(B, N)``), plus target position j (``start`` layout)."""
         held = flat.masked_fill(masked, self.config.codebook_size)
-        x = torch.cat([prefix, self.token_embed(held) + self.target_pos], dim=1)
+        slots = self.token_embed(held)
+        slots = slots if self.target_pos is None else slots + self.target_pos
+        cond = self.slot_condition(prefix)
+        x = torch.cat([prefix, slots if cond is None else slots + cond], dim=1)
         origin = self.grid_positions.new_zeros(self.prefix_length, self.grid_positions.shape[1])
         positions = torch.cat([origin, self.grid_positions])
         full = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device)
-        return self.transformer(x, positions, attn_mask=full)[:, self.prefix_length :]
+        return self.transformer(x, self._rotary(positions), attn_mask=full)[:, self.prefix_length :]
 
     def _random_token_loss(self, prefix: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         b, n = flat.shape

@@ -73,8 +73,9 @@ class GeneratorTrainConfig(AccelerateRunConfig):
     cache_dir: str = "runs/cache"
     num_workers: int = -1  # DataLoader workers while tokenizing; -1: 8 on CUDA, none on CPU
     sample_every: int = 1000
-    # stored in the pipeline folder as its sampling defaults (scripts/generate.py flags override them)
-    sampling_defaults: dict = field(default_factory=lambda: {"guidance_scale": 3.0})
+    # stored in the pipeline folder as its sampling defaults (scripts/generate.py flags override them), over
+    # GUIDANCE_BY_CONDITION's guidance scale
+    sampling_defaults: dict = field(default_factory=dict)
     pipeline_dtype: str = "float32"  # float32 | bfloat16: precision of the generator weights in pipeline/
 
 
@@ -83,6 +84,11 @@ def _digest(path: Path) -> str:
     for f in sorted(path.glob("*.safetensors")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+# A class embedding in every slot (``class_in_slots``) already keeps samples in their class; stronger guidance then
+# pushes them off the patterns they learned (README, "Generate from your own data").
+GUIDANCE_BY_CONDITION = {"prompt": 3.0, "class": 1.5, "none": 1.0}
 
 
 def resolve_condition(cfg: GeneratorTrainConfig) -> str:
@@ -254,7 +260,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     sharded = accelerator.distributed_type == DistributedType.FSDP
     raw = accelerator.unwrap_model(model)
     pipeline_class = TextToVideoPipeline if cfg.data == "videos" else TextToImagePipeline
-    pipe = pipeline_class(tokenizer, raw, encoder, cfg.sampling_defaults, class_names=train.class_names)
+    sampling = {"guidance_scale": GUIDANCE_BY_CONDITION[condition], **cfg.sampling_defaults}
+    pipe = pipeline_class(tokenizer, raw, encoder, sampling, class_names=train.class_names)
     requests = sample_requests(condition, heldout)
     rank = accelerator.process_index
     guard = NonFiniteGuard(accelerator, out, cfg.max_nonfinite_skips)
@@ -292,7 +299,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         if accelerator.is_main_process:
             raw = build_generator(cfg, tokenizer, train, condition, encoder).to(device)
             raw.load_state_dict(state)
-            pipe = pipeline_class(tokenizer, raw, encoder, cfg.sampling_defaults, class_names=train.class_names)
+            pipe = pipeline_class(tokenizer, raw, encoder, sampling, class_names=train.class_names)
 
     metrics: dict = {}
     if accelerator.is_main_process:

@@ -85,8 +85,9 @@ def test_token_sampler_guides_then_samples(schedule):
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
-def test_prefill_is_the_teacher_forced_forward_and_decode_steps_continue_it(scale):
-    model = tiny()
+@pytest.mark.parametrize("class_in_slots", [False, True])
+def test_prefill_is_the_teacher_forced_forward_and_decode_steps_continue_it(scale, class_in_slots):
+    model = tiny(class_in_slots=class_in_slots)
     tokens = torch.randint(0, 50, (3, 4, 5), generator=torch.Generator().manual_seed(2))
     dec = decoder(model, scale)
     held = torch.cat([torch.full((3, 1), 50), tokens.flatten(1)[:, :-1]], dim=1).repeat(dec.prefix.copies, 1)

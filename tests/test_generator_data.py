@@ -221,8 +221,9 @@ def test_sigkilled_tokenization_resumes_without_re_encoding(tmp_path, tiny_token
 
 def test_class_conditional_generator_learns_four_classes(tmp_path):
     """Four pattern classes in class folders and 300 steps of the tiny preset (about a minute): >= 90 % of the
-    generated images, and >= 80 % of every class's, are recognised as their class by their colours. (The
-    few-minute run at 64 px in the closing note of issue 20 reaches >= 90 % for every class.)"""
+    generated images, and >= 80 % of every class's, are recognised as their class by their colours, at the
+    pipeline's own sampling defaults. (At 32 px the rings are too fine for 8x8 tokens and come out as blue blobs;
+    the few-minute 64-px run in the closing note of issue 20 reaches >= 96 % for every class.)"""
     make_class_folder(tmp_path / "data", 40, 32)
     cfg = GeneratorTrainConfig(
         data=str(tmp_path / "data"),
@@ -245,9 +246,9 @@ def test_class_conditional_generator_learns_four_classes(tmp_path):
     index = json.loads((tmp_path / "run" / "pipeline" / "model_index.json").read_text())
     assert index["condition"] == "class" and index["class_names"] == sorted(CLASSES)
     pipe = TextToImagePipeline.from_pretrained(tmp_path / "run" / "pipeline")
-    out = pipe(class_labels=pipe.class_names, num_images_per_prompt=20, seed=0)
+    out = pipe(class_labels=pipe.class_names, num_images_per_prompt=40, seed=0)
     predicted = classify_by_colour(out.pixels, pipe.class_names)
-    per_class = (predicted == torch.arange(4).repeat_interleave(20)).view(4, 20).float().mean(1)
+    per_class = (predicted == torch.arange(4).repeat_interleave(40)).view(4, 40).float().mean(1)
     assert per_class.mean() >= 0.9 and per_class.min() >= 0.8, per_class  # chance: 0.25
     with pytest.raises(ValueError, match="unknown class name"):
         pipe(class_labels=["cat"])

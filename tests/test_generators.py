@@ -16,6 +16,7 @@ from generators import (
     top_p_filter,
 )
 from generators.sampling import guide
+from generators.transformer import thin_input_layout
 
 
 def grid_positions(t: int, width: int = 4) -> torch.Tensor:
@@ -72,6 +73,23 @@ def test_cache_refuses_overflow():
         model(torch.randn(1, 5, 32), grid_positions(5), cache=cache)
 
 
+def test_thin_input_layout_changes_only_strides_and_restores_them():
+    torch.manual_seed(0)
+    model = Transformer(32, 2, 4).eval()
+    x, pos = torch.randn(2, 3, 32), grid_positions(3)
+    params, saved = list(model.parameters()), {k: v.clone() for k, v in model.state_dict().items()}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        y = model(x, pos)
+        with pytest.raises(RuntimeError, match="interrupted"), thin_input_layout(model):
+            assert all(m.weight.stride() == (1, m.out_features) for m in linears)
+            torch.testing.assert_close(model(x, pos), y)
+            raise RuntimeError("interrupted")
+    assert all(a is b for a, b in zip(params, model.parameters(), strict=True))
+    assert all(m.weight.is_contiguous() for m in linears)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
 def test_rotary_positions_are_relative():
     """Shifting every position by the same offset leaves the outputs unchanged (RoPE sees offsets only)."""
     torch.manual_seed(0)
@@ -100,6 +118,54 @@ def test_greedy_tokens_are_the_teacher_forced_argmax():
     cond = condition_for("prompt")
     tokens = model.generate(cond, temperature=0)
     assert torch.equal(model(tokens, cond).argmax(-1), tokens.flatten(1))
+
+
+@pytest.mark.parametrize("objective", ["next", "random", "next_all"])
+def test_class_in_slots_adds_the_class_to_every_slot(objective):
+    """With ``class_in_slots`` every slot carries the class embedding (the null class's where guidance drops it),
+    in every objective's layout, and sampling sees the layout training does."""
+    model = tiny("class", class_in_slots=True, objectives={objective: 1.0})
+    cond, tokens = condition_for("class"), torch.randint(0, 50, (3, 4, 5))
+    prefix = model.prefix(cond, 3)
+    torch.testing.assert_close(model.slot_condition(prefix), model.class_embed(cond)[:, None])
+    assert tiny("class").slot_condition(prefix) is None
+    prompted = tiny("prompt", class_in_slots=True)
+    assert prompted.slot_condition(prompted.prefix(condition_for("prompt"), 3)) is None
+    model.train()
+    torch.manual_seed(0)
+    assert model(tokens, cond, return_loss=True).isfinite()
+    model.eval()
+    greedy = model.generate(cond, temperature=0, guidance_scale=2.0)
+    assert torch.equal(greedy, model.generate(cond, temperature=0, guidance_scale=2.0, use_cache=False))
+    greedy = model.generate(cond, temperature=0)
+    assert torch.equal(model(greedy, cond).argmax(-1), greedy.flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["prompt", "class", "none"])
+def test_llamagen_layout_decodes_as_it_trains(kind):
+    """LlamaGen's layout (exactness against LlamaGen: tests/test_llamagen_conversion.py): the prefix's last slot
+    predicts token 0 with no start token or target positions, the prefix's rotary angles are zero, and cached,
+    uncached, self-verified and teacher-forced decoding agree, for a several-token prompt prefix too."""
+    model = tiny(kind, layout="llamagen", num_predict=2)
+    p, cond = model.prefix_length, condition_for(kind)
+    assert model.target_pos is None and model.first_slot == p - 1
+    cos, sin = model._rotary(model._positions(0, p + 2))
+    first_two, _ = model.transformer.rotary(model.grid_positions[:2])  # slots p, p + 1 hold tokens 0, 1
+    assert not cos[:p].any() and not sin[:p].any() and torch.equal(cos[p:], first_two)
+    for scale in (1.0, 3.0):
+        cached = model.generate(cond, batch_size=3, temperature=0, guidance_scale=scale)
+        plain = model.generate(cond, batch_size=3, temperature=0, guidance_scale=scale, use_cache=False)
+        one_by_one = model.generate(cond, batch_size=3, temperature=0, guidance_scale=scale, num_predict_used=1)
+        assert torch.equal(cached, plain) and torch.equal(cached, one_by_one)
+    greedy = model.generate(cond, batch_size=3, temperature=0)
+    assert torch.equal(model(greedy, cond).argmax(-1), greedy.flatten(1))
+    for objective in ("next", "random"):
+        trained = tiny(kind, layout="llamagen", num_predict=2, objectives={objective: 1.0}).train()
+        assert trained(greedy, cond, return_loss=True).isfinite()
+    with pytest.raises(ValueError, match="next_all objective needs"):
+        tiny(kind, layout="llamagen", objectives={"next_all": 1.0})
+    with pytest.raises(ValueError, match="unknown layout 'x'"):
+        tiny(kind, layout="x")
 
 
 def test_sampling_is_seeded():

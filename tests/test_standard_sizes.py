@@ -139,8 +139,9 @@ def test_gpt_parameter_count_matches_llamagen(preset, grid):
     assert model.transformer.blocks[0].mlp.down.in_features == hidden
     assert model.transformer.norm.eps == 1e-5 and model.class_embed.num_embeddings == 1001
     count = n_params(model)
-    # beyond LlamaGen: the start token's embedding row and one target-position embedding per grid slot
-    assert count - dim * (1 + model.num_tokens) == exact
+    # LlamaGen's layout (no start token, no target-position embeddings); beyond it only our token table's mask row
+    assert cfg.layout == "llamagen" and model.target_pos is None
+    assert count - dim == exact
     assert abs(count - published) / published < TOLERANCE
 
 

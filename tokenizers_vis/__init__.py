@@ -3,6 +3,7 @@
 from .dual_tokenizer import DualTokenizer
 from .evaluation import evaluate_tokenizer
 from .image_tokenizer import ImageTokenizer
+from .llamagen import convert_llamagen_vq
 from .quantizers import QUANTIZERS, Quantizer, QuantizerOutput, build_quantizer
 from .registry import PRESETS, create_tokenizer, list_tokenizers, load_tokenizer
 from .titok import OneDTokenizer
@@ -20,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "VideoTokenizer",
     "build_quantizer",
+    "convert_llamagen_vq",
     "create_tokenizer",
     "evaluate_tokenizer",
     "list_tokenizers",
