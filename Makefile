@@ -21,7 +21,8 @@ DEMO_PROMPTS := --prompt "a large red circle at the top left" \
 	--prompt "a large yellow square at the bottom right and a small white triangle at the top" \
 	--prompt "a large green hexagon at the left, a small purple diamond at the top right and a large orange star at the bottom"
 demo: $(STAMP)
-	$(BIN)/accelerate launch scripts/train_tokenizer.py --output-dir runs/demo --steps 300
+	$(BIN)/accelerate launch scripts/train_tokenizer.py --output-dir runs/demo --steps 300 --preset vq-f8 \
+		--palette classic --photo-fraction 0
 	$(BIN)/python scripts/generate.py $(DEMO_PROMPTS) --out runs/demo/generated
 	@echo "tokenizer: runs/demo/model, runs/demo/reconstructions.png; generated PNGs: runs/demo/generated/"
 
@@ -31,7 +32,8 @@ demo: $(STAMP)
 # separately: python scripts/train_toy_vlm.py
 GEN_STEPS := --steps 8000 --batch-size 128 --warmup-steps 200
 assets: $(STAMP)
-	$(BIN)/accelerate launch scripts/train_tokenizer.py --preset vq-f4 --output-dir runs/assets/tokenizer
+	$(BIN)/accelerate launch scripts/train_tokenizer.py --preset vq-f4 --palette classic --photo-fraction 0 \
+		--output-dir runs/assets/tokenizer
 	$(BIN)/python scripts/train_clip.py --out runs/assets/clip
 	$(BIN)/python scripts/train_grader.py --out assets/grader
 	$(BIN)/accelerate launch scripts/train_generator.py --tokenizer runs/assets/tokenizer/model \
@@ -69,7 +71,7 @@ $(OLD_STAMP): pyproject.toml constraints/oldest.txt
 # The pruning suite (the code that hooks into transformers), the bounds check, a smoke of the tokenizer,
 # quantizer and generator models, the transformers text encoders, the standard-size presets and the non-finite
 # guard (accelerate); `make test-oldest OLDEST_TESTS=tests` runs everything there.
-OLDEST_TESTS := tests/test_pruning_models.py tests/test_pruning_selection.py tests/test_toy_vlm.py \
+OLDEST_TESTS := tests/test_pruning_models.py tests/test_pruning_families.py tests/test_pruning_selection.py tests/test_toy_vlm.py \
 	tests/test_dependencies.py tests/test_tokenizer_model.py tests/test_quantizers.py tests/test_generators.py \
 	tests/test_text_encoders.py tests/test_standard_sizes.py tests/test_nonfinite.py
 test-oldest: $(OLD_STAMP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tokenizers_vis import TrainConfig, train_tokenizer
@@ -155,13 +155,14 @@ def compare_generators(
     tuned: bool = False,
     threads: int = 0,
 ) -> list[dict]:
-    """Trains each named :data:`COMPARE_ROWS` generator on ``tokenizer`` (the vq-f8 preset is trained there first
-    when the folder is missing) with the same seed, steps and cached training scenes, then measures prompt accuracy,
-    Fréchet distance and sampling cost with fixed settings per family or (``tuned``) each pipeline's defaults.
-    A row's run folder under ``run_dir`` keeps its model and measurements (``bench_row.json``): a finished row is
-    read back, not retrained."""
+    """Trains each named :data:`COMPARE_ROWS` generator on ``tokenizer`` (the vq-f8 preset is trained there first, on
+    the classic scenes the grader knows, when the folder is missing) with the same seed, steps and cached training
+    scenes, then measures prompt accuracy, Fréchet distance and sampling cost with fixed settings per family or
+    (``tuned``) each pipeline's defaults. A row's run folder under ``run_dir`` keeps its model and measurements
+    (``bench_row.json``): a finished row is read back, not retrained."""
     if not (tokenizer / "config.json").is_file():
-        train_tokenizer(TrainConfig(preset="vq-f8", steps=1000, output_dir=str(tokenizer.parent), save_every=10**9))
+        cfg = TrainConfig(preset="vq-f8", steps=1000, palette="classic", photo_fraction=0.0, save_every=10**9)
+        train_tokenizer(replace(cfg, output_dir=str(tokenizer.parent)))
     prompts = prompt_sets(cfg)
     real, _ = heldout_scenes(cfg.real, cfg.seed)
     rows = []

@@ -1,4 +1,5 @@
-"""Visual-token pruning for Hugging Face VLMs (LLaVA, Qwen2-VL, Qwen2.5-VL): ToDRE, IDPruner and baselines.
+"""Visual-token pruning for Hugging Face VLMs (LLaVA, LLaVA-NeXT / OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Gemma 3, InternVL, Idefics3 / SmolVLM, Mistral 3; one :data:`FAMILIES` row each): ToDRE, IDPruner and baselines.
 
 ```python
 from pruning import apply_pruning
@@ -8,7 +9,7 @@ handle.remove()
 ```
 """
 
-from .adapters import SUPPORTED_MODELS, Adapter, adapter_for
+from .adapters import FAMILIES, SUPPORTED_MODELS, Adapter, Family, adapter_for
 from .compat import SUPPORTED_RANGE, TransformersCompatibilityError
 from .methods import IMPORTANCE_OPTIONS, METHODS, PruningMethod
 from .patch import PruneRecord, PruningHandle, apply_pruning
@@ -25,6 +26,8 @@ from .selection import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "Family",
     "IMPORTANCE_OPTIONS",
     "IMPORTANCE_SOURCES",
     "METHODS",

@@ -1,42 +1,146 @@
-"""Per-family glue: where the visual tokens are and which modules to hook.
+"""Per-family glue as data: one ``Family`` row per Hugging Face VLM family says where its visual tokens are and what
+its outer model hands to the decoder besides the merged embeddings.
 
-The outer multimodal model (``LlavaModel``, ``Qwen2VLModel``, ``Qwen2_5_VLModel``) merges the projected visual features
-into ``inputs_embeds`` and calls its decoder (``language_model``) with keyword arguments ``inputs_embeds``,
-``attention_mask``, ``position_ids`` (for Qwen: the M-RoPE ids of the full sequence) and ``past_key_values``. That call
-is the interception point: everything the decoder sees is complete and in original coordinates.
+Every supported outer multimodal model (``LlavaModel``, ``Qwen2VLModel``, ``Gemma3Model``, …) merges the projected
+visual features into ``inputs_embeds`` at placeholder tokens and calls its decoder with keyword arguments
+``inputs_embeds``, ``attention_mask``, ``position_ids`` (Qwen: the M-RoPE ids of the full sequence) and the KV cache.
+That call is the interception point: everything the decoder sees is complete and in original coordinates. What
+differs between families is data:
+
+- which config attributes hold the placeholder token ids;
+- which attribute of the outer model is the decoder;
+- what else the decoder receives per visual token (Qwen3-VL's DeepStack features, one row per visual token, with the
+  ``(B, L)`` mask saying where they are added), which must lose the rows of pruned tokens;
+- whether the outer model builds the decoder's attention mask itself (Gemma 3: a mask per layer type, with image
+  tokens attending to each other bidirectionally), which must then be rebuilt for the shortened sequence.
+
+A new family is a row of ``FAMILIES`` plus a test.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    LlavaForConditionalGeneration,
-    LlavaModel,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLModel,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLModel,
+from transformers.masking_utils import create_masks_for_generate
+
+from . import compat
+
+# (text config, inputs_embeds (B, L, D), 2D mask (B, L_past + L), cache, position ids, outer per-token inputs
+# gathered with the tokens ({name: (B, L)} or {} while decoding)) -> the mask the decoder takes
+MaskBuilder = Callable[[object, torch.Tensor, torch.Tensor, object, torch.Tensor | None, dict], object]
+
+
+def _gemma3_masks(config, embeds, mask2d, cache, position_ids, inputs: dict):
+    """Gemma 3's masks per layer type: causal, or'ed with bidirectional attention inside each image block while the
+    prompt's ``token_type_ids`` are known (prefill), exactly as ``Gemma3Model`` builds them."""
+    from transformers.models.gemma3 import modeling_gemma3  # imported on use: most models never need it
+
+    kwargs = dict(config=config, inputs_embeds=embeds, attention_mask=mask2d, position_ids=position_ids)
+    token_types = inputs.get("token_type_ids")
+    if token_types is None:
+        return create_masks_for_generate(**kwargs, **{compat.cache_parameter(create_masks_for_generate): cache})
+    build = compat.model_function(modeling_gemma3, "create_masks_for_vision_model")
+    blocks = compat.model_function(modeling_gemma3, "get_block_sequence_ids_for_mask")(token_types, embeds.device)
+    return build(block_sequence_ids=blocks, **kwargs, **{compat.cache_parameter(build): cache})
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: how its outer model hands visual tokens to its decoder.
+
+    Attributes:
+        name: short name (``handle.adapter.family.name``).
+        classes: ``transformers`` class names, the ``*ForConditionalGeneration`` and the bare ``*Model``; names the
+            installed release lacks are skipped.
+        token_ids: config attributes holding the visual placeholder token ids.
+        decoder: attribute of the outer model that is the decoder it calls.
+        visual_rows: ``(rows, mask)`` pairs of decoder keywords: ``rows`` holds one row per visual token (a tensor
+            ``(N_visual, D)`` or a list of them, in the row-major order of ``mask``) and ``mask`` ``(B, L)`` says
+            where they belong. Pruning keeps the rows of kept tokens and gathers the mask.
+        rows_layers: config attribute path listing the decoder layers whose outputs the ``visual_rows`` are added to
+            (entry i after layer i); an in-decoder stage must start after them, since it shortens the sequence that
+            the decoder's own ``(B, L)`` mask indexes.
+        mask_builder: set when the outer model builds the decoder's mask itself; the hooks then hand the outer model
+            no 2D mask while pruning and rebuild the decoder's mask from the shortened 2D one.
+        mask_inputs: outer keywords ``(B, L)`` that ``mask_builder`` reads, gathered with the tokens at prefill.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    token_ids: tuple[str, ...] = ("image_token_id",)
+    decoder: str = "language_model"
+    visual_rows: tuple[tuple[str, str], ...] = ()
+    rows_layers: str | None = None
+    mask_builder: MaskBuilder | None = None
+    mask_inputs: tuple[str, ...] = ()
+
+
+FAMILIES = (
+    Family("llava", ("LlavaForConditionalGeneration", "LlavaModel")),
+    # AnyRes: the image tokens are a base view and tiles, with image-newline embeddings among them (all prunable)
+    Family("llava_next", ("LlavaNextForConditionalGeneration", "LlavaNextModel")),
+    Family("llava_onevision", ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel")),
+    Family(
+        "qwen2_vl",
+        ("Qwen2VLForConditionalGeneration", "Qwen2VLModel"),
+        token_ids=("image_token_id", "video_token_id"),
+    ),
+    Family(
+        "qwen2_5_vl",
+        ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
+        token_ids=("image_token_id", "video_token_id"),
+    ),
+    Family(
+        "qwen3_vl",
+        (
+            "Qwen3VLForConditionalGeneration",
+            "Qwen3VLModel",
+            "Qwen3VLMoeForConditionalGeneration",
+            "Qwen3VLMoeModel",
+        ),
+        token_ids=("image_token_id", "video_token_id"),
+        visual_rows=(("deepstack_visual_embeds", "visual_pos_masks"),),
+        rows_layers="vision_config.deepstack_visual_indexes",
+    ),
+    Family("internvl", ("InternVLForConditionalGeneration", "InternVLModel")),  # tiles, pixel-shuffled
+    Family("mistral3", ("Mistral3ForConditionalGeneration", "Mistral3Model")),  # Pixtral: native aspect ratio
+    Family("idefics3", ("Idefics3ForConditionalGeneration", "Idefics3Model"), decoder="text_model"),
+    Family("smolvlm", ("SmolVLMForConditionalGeneration", "SmolVLMModel"), decoder="text_model"),
+    Family(
+        "gemma3",
+        ("Gemma3ForConditionalGeneration", "Gemma3Model"),
+        mask_builder=_gemma3_masks,
+        mask_inputs=("token_type_ids",),
+    ),
 )
 
-_FAMILIES = {
-    LlavaForConditionalGeneration: "llava",
-    LlavaModel: "llava",
-    Qwen2VLForConditionalGeneration: "qwen2_vl",
-    Qwen2VLModel: "qwen2_vl",
-    Qwen2_5_VLForConditionalGeneration: "qwen2_5_vl",
-    Qwen2_5_VLModel: "qwen2_5_vl",
-}
-SUPPORTED_MODELS = tuple(cls.__name__ for cls in _FAMILIES)
+
+@functools.cache
+def _classes() -> dict[type, Family]:
+    """Installed class -> its family, found by name, so a class missing from a release is simply left out."""
+    found = {}
+    for family in FAMILIES:
+        for name in family.classes:
+            cls = getattr(transformers, name, None)
+            if cls is not None:
+                found[cls] = family
+    return found
+
+
+SUPPORTED_MODELS = tuple(cls.__name__ for cls in _classes())
 
 
 @dataclass
 class Adapter:
-    """Model-family glue. ``outer`` merges vision into text; ``language_model`` is the decoder it calls."""
+    """A family row bound to one model: ``outer`` merges vision into text; ``language_model`` is the decoder it
+    calls."""
 
-    family: str
+    family: Family
     outer: nn.Module
     language_model: nn.Module
     visual_token_ids: tuple[int, ...]
@@ -62,15 +166,25 @@ class Adapter:
             mask |= (inputs_embeds == ref).all(-1)
         return mask
 
+    def rows_depth(self) -> int:
+        """How many first decoder layers get ``visual_rows`` added to their outputs (0 for most families)."""
+        if self.family.rows_layers is None:
+            return 0
+        return len(functools.reduce(getattr, self.family.rows_layers.split("."), self.outer.config))
+
+    def decoder_mask(self, embeds: torch.Tensor, mask2d: torch.Tensor, cache, position_ids, inputs: dict):
+        """The decoder's mask for a shortened sequence, built as the outer model builds it (``mask_builder``)."""
+        config = self.outer.config.get_text_config()
+        return self.family.mask_builder(config, embeds, mask2d, cache, position_ids, inputs)
+
 
 def adapter_for(model: nn.Module) -> Adapter:
     """Build the adapter for a supported model, or refuse with the list of accepted classes."""
-    family = next((name for cls, name in _FAMILIES.items() if type(model) is cls), None)
+    family = _classes().get(type(model))
     if family is None:
         raise ValueError(
             f"pruning does not support {type(model).__name__}; accepted models: {', '.join(SUPPORTED_MODELS)}"
         )
     outer = model.model if hasattr(model, "lm_head") else model
-    config = outer.config
-    ids = (config.image_token_id,) if family == "llava" else (config.image_token_id, config.video_token_id)
-    return Adapter(family, outer, outer.language_model, ids)
+    ids = tuple(getattr(outer.config, attr) for attr in family.token_ids)
+    return Adapter(family, outer, getattr(outer, family.decoder), ids)

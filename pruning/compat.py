@@ -105,6 +105,14 @@ def causal_mask(config, hidden: torch.Tensor, mask2d: torch.Tensor, cache: Cache
     )
 
 
+def model_function(module, name: str) -> Callable:
+    """A function of a model's module that a family's glue calls (e.g. Gemma 3's mask builders), or a named error."""
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise TransformersCompatibilityError(f"{module.__name__} has no {name}")
+    return fn
+
+
 _DECODER_ARGS = ("inputs_embeds", "attention_mask", "position_ids")
 _LAYER_ARGS = ("hidden_states", "attention_mask", "position_embeddings")
 _MASK_ARGS = ("config", "inputs_embeds", "attention_mask", "layer_idx")

@@ -13,6 +13,10 @@ How it works (no class or global patching; only hooks on this instance's modules
   the hooks translate the mask to the shorter cache, and positions the model would infer from the cache length are
   shifted by the number of removed tokens. For Qwen the model's ``rope_deltas`` stay those of the full sequence, and a
   missing decode mask is replaced by a full-length one so that positions continue from the full prompt.
+- Family data (``pruning.adapters.FAMILIES``) covers the rest: decoder inputs with one row per visual token (Qwen3-VL's
+  DeepStack features) lose the rows of pruned tokens, and where the outer model builds the decoder's mask itself
+  (Gemma 3, bidirectional inside images) the outer hook takes the 2D mask away from it and the decoder hook builds
+  the family's mask for the shortened sequence.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class PruningHandle:
         self._session: _Session | None = None
         self._visual: torch.Tensor | None = None  # visual flags of the current outer call
         self._outer_cache = None  # the cache the current outer call received; the decoder must receive it too
+        self._outer_mask: tuple | None = None  # (2D mask, mask inputs) taken from an outer model that builds masks
         self._step: dict | None = None  # per-forward state shared by the layer hooks
         self._hooks = []
         model._pruning_handle = self  # marks the instance so that a second patch is refused
@@ -117,7 +122,7 @@ class PruningHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._session = self._visual = self._step = self._outer_cache = None
+        self._session = self._visual = self._step = self._outer_cache = self._outer_mask = None
         if getattr(self.model, "_pruning_handle", None) is self:
             del self.model._pruning_handle
 
@@ -148,7 +153,7 @@ class PruningHandle:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         cache = compat.cache_from(kwargs)
-        self._visual = None
+        self._visual = self._outer_mask = None
         self._outer_cache = cache
         if self._continuing(cache):
             if kwargs.get("attention_mask") is None:
@@ -158,25 +163,46 @@ class PruningHandle:
                 kwargs["attention_mask"] = torch.ones(
                     new[0], self._full_past() + new[1], dtype=torch.long, device=self._session.mask.device
                 )
+            self._take_outer_mask(kwargs, {})
         elif cache is None or cache.get_seq_length() == 0:
             self._visual = self.adapter.visual_mask(input_ids, embeds)
+            if self._visual.any():
+                self._take_outer_mask(kwargs, {name: kwargs.get(name) for name in self.adapter.family.mask_inputs})
         return args, kwargs
+
+    def _take_outer_mask(self, kwargs: dict, inputs: dict) -> None:
+        """Where the outer model builds the decoder's mask, it would build it for the full sequence: keep its 2D mask
+        (and the inputs the mask depends on) for the decoder hook and let it build a throwaway causal one."""
+        mask = kwargs.get("attention_mask")
+        if self.adapter.family.mask_builder is None or not (mask is None or isinstance(mask, torch.Tensor)):
+            return  # a prepared (dict / 4D) mask reaches the decoder hook, which refuses it
+        self._outer_mask = (mask, inputs)
+        kwargs["attention_mask"] = None
 
     def _decoder_hook(self, module, args, kwargs):
         cache = compat.cache_from(kwargs)
         self._step = None
         outer, self._outer_cache = self._outer_cache, None
+        taken, self._outer_mask = self._outer_mask, None
         if outer is not None and cache is not outer:
             raise compat.TransformersCompatibilityError(
                 "the outer model received a KV cache but its decoder received none or another one"
             )
+        if taken is not None:
+            kwargs["attention_mask"] = taken[0]
         if self._continuing(cache):
-            return args, self._continue(kwargs, cache)
-        visual, self._visual = self._visual, None
-        if visual is None or not visual.any():
-            self._session = None
-            return args, kwargs
-        return args, self._prefill(kwargs, visual, cache)
+            kwargs, mask_inputs = self._continue(kwargs, cache), {}
+        else:
+            visual, self._visual = self._visual, None
+            if visual is None or not visual.any():
+                self._session = None
+                return args, kwargs
+            kwargs, mask_inputs = self._prefill(kwargs, visual, cache, taken[1] if taken is not None else {})
+        if taken is not None:
+            kwargs["attention_mask"] = self.adapter.decoder_mask(
+                kwargs["inputs_embeds"], kwargs["attention_mask"], cache, kwargs.get("position_ids"), mask_inputs
+            )
+        return args, kwargs
 
     def _continue(self, kwargs: dict, cache) -> dict:
         s = self._session
@@ -193,7 +219,7 @@ class PruningHandle:
         mask = kwargs.get("attention_mask")
         if mask is None:
             mask = torch.ones(b, full_past + q, dtype=s.mask.dtype, device=embeds.device)
-        if mask.dim() != 2 or mask.shape[1] != full_past + q:
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] != full_past + q:
             raise ValueError(
                 "after pruning, decoding steps need a 2D attention_mask over the full (unpruned) sequence "
                 f"of length {full_past + q}, or none; got shape {tuple(mask.shape)}"
@@ -213,13 +239,14 @@ class PruningHandle:
 
     # ---- prefill ---------------------------------------------------------------------------------------------
 
-    def _prefill(self, kwargs: dict, visual: torch.Tensor, cache) -> dict:
+    def _prefill(self, kwargs: dict, visual: torch.Tensor, cache, mask_inputs: dict) -> tuple[dict, dict]:
+        """Shorten the decoder's inputs; returns them and ``mask_inputs`` gathered the same way."""
         embeds = kwargs["inputs_embeds"]
         b, n = embeds.shape[:2]
         mask = kwargs.get("attention_mask")
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.long, device=embeds.device)
-        elif mask.dim() != 2:
+        elif not isinstance(mask, torch.Tensor) or mask.dim() != 2:
             raise ValueError("pruning needs a 2D attention_mask (batch, sequence) or none; 4D/dict masks are refused")
         real = mask.bool()
         visual = visual.to(embeds.device) & real
@@ -237,6 +264,8 @@ class PruningHandle:
         kwargs["attention_mask"] = new_mask
         kwargs["position_ids"] = _gather_positions(positions, src)
         kept_visual = visual.gather(1, src) & valid
+        self._gather_visual_rows(kwargs, src, valid)
+        mask_inputs = {k: torch.where(valid, v.gather(1, src), 0) for k, v in mask_inputs.items() if v is not None}
 
         self._session = _Session(
             cache=weakref.ref(cache) if cache is not None else None,
@@ -255,7 +284,23 @@ class PruningHandle:
         )
         if self.layer is not None:
             self._step = {"prefill": True}
-        return kwargs
+        return kwargs, mask_inputs
+
+    def _gather_visual_rows(self, kwargs: dict, src: torch.Tensor, valid: torch.Tensor) -> None:
+        """Decoder inputs with one row per visual token (``Family.visual_rows``) keep the rows of kept tokens."""
+        for rows_name, where_name in self.adapter.family.visual_rows:
+            where, rows = kwargs.get(where_name), kwargs.get(rows_name)
+            if where is None or rows is None:
+                continue
+            where = where.to(src.device).bool()
+            rank = (where.flatten().cumsum(0) - 1).view_as(where)  # row of each visual position
+            kept = where.gather(1, src) & valid
+            index = rank.gather(1, src)[kept]
+            if isinstance(rows, torch.Tensor):
+                kwargs[rows_name] = rows[index.to(rows.device)]
+            else:
+                kwargs[rows_name] = [r[index.to(r.device)] for r in rows]
+            kwargs[where_name] = kept
 
     def _select_visual(self, embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Stage 1 on each sample's visual embeddings; returns the kept visual positions ``(B, L)`` bool."""
@@ -328,8 +373,8 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     """Prune visual tokens of a Hugging Face VLM in place; returns a handle whose ``remove()`` undoes it.
 
     Args:
-        model: a ``LlavaForConditionalGeneration``, ``Qwen2VLForConditionalGeneration`` or
-            ``Qwen2_5_VLForConditionalGeneration`` (or their bare ``*Model``).
+        model: a model of a supported family (``pruning.SUPPORTED_MODELS``: LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+            Gemma 3, …; the ``*ForConditionalGeneration`` or the bare ``*Model``).
         method: one of ``pruning.METHODS``: ``"todre"``, ``"idpruner"``, ``"random"``, ``"importance"``,
             ``"divprune"``, ``"fastv"``.
         keep_ratio: fraction of visual tokens kept, in (0, 1]; 1.0 leaves the model's outputs unchanged.
@@ -353,7 +398,16 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     if getattr(model, "_pruning_handle", None) is not None:
         raise ValueError("this model is already patched; call remove() on its current handle first")
     if spec.prunes_in_decoder:
+        if adapter.family.mask_builder is not None:
+            # the layer hooks rebuild a plain causal mask, not the family's own (e.g. Gemma 3's image blocks)
+            raise ValueError(f"{method!r} prunes inside the decoder, which {adapter.family.name} models do not support")
         types = getattr(adapter.text_config, "layer_types", None) or []
         if any(t != "full_attention" for t in types):
             raise ValueError(f"{method!r} supports decoders with full attention in every layer only")
+        layer, depth = spec.decoder_layer(len(adapter.layers)), adapter.rows_depth()
+        if layer < depth:
+            raise ValueError(
+                f"{method!r} at layer {layer}: {adapter.family.name} adds visual features to the outputs of its first "
+                f"{depth} decoder layers, so an in-decoder stage must start at layer {depth} or later"
+            )
     return PruningHandle(model, adapter, spec)

@@ -5,13 +5,14 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
     python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
     python scripts/bench_generation.py --compare             # next-token vs next-X entities, objectives, MTP
     python scripts/bench_generation.py --video runs/video_f4/pipeline --prompts 48    # text-to-video grading
+    python scripts/bench_generation.py --peer-llamagen LLAMAGEN_CHECKOUT   # sampler vs LlamaGen's (bench_sampler.py)
 
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
-(default: the 8x8-token vq-f8 tokenizer of the tokenizer benchmark, so 9 rows fit in about an hour on 2 CPU cores)
-and reports prompt accuracy, Fréchet distance, transformer forward passes and wall time per image. Its table
+(default: an 8x8-token vq-f8 tokenizer trained on the classic scenes on first use, so 9 rows fit in about an hour on 2
+CPU cores) and reports prompt accuracy, Fréchet distance, transformer forward passes and wall time per image. Its table
 replaces the "Compare at <steps> steps on <tokenizer>" section of benchmarks/generation.md (other budgets' sections
-stay). Finished rows are kept in their run folders (``bench_row.json``), so a table can gather rows measured by
-several invocations; ``--compare-sampling tuned`` samples each row with its pipeline's tuned defaults
+stay). Finished rows are kept in their run folders (``bench_row.json``), so a table can gather rows measured by several
+invocations; ``--compare-sampling tuned`` samples each row with its pipeline's tuned defaults
 (``scripts/tune_sampling.py --write``) instead of fixed settings per generator family.
 
 Prompts are captions of unseen scenes: "seen" ones use only (shape, colour) pairs seen in training, "held-out" ones
@@ -272,7 +273,7 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", choices=list(COMPARE_ROWS), default=list(COMPARE_ROWS))
     p.add_argument("--compare-steps", type=int, default=1000)
     p.add_argument("--compare-train-samples", type=int, default=20000)
-    p.add_argument("--compare-tokenizer", default="runs/bench_tokenizer/vq2d/model")
+    p.add_argument("--compare-tokenizer", default="runs/bench_generation/tokenizer/model")
     p.add_argument("--compare-dir", default="runs/bench_generation")
     p.add_argument(
         "--compare-sampling",
@@ -280,7 +281,19 @@ def main() -> None:
         default="fixed",
         help="fixed settings per generator family, or each row pipeline's tuned defaults (run tune_sampling first)",
     )
+    p.add_argument(
+        "--peer-llamagen",
+        type=Path,
+        help="a LlamaGen checkout: race its sampler against ours instead (scripts/bench_sampler.py)",
+    )
     args = p.parse_args()
+    if args.peer_llamagen:
+        from bench_sampler import main as bench_sampler
+
+        bench_sampler(
+            ["--peer-llamagen", str(args.peer_llamagen), *(["--threads", str(args.threads)] * bool(args.threads))]
+        )
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare:

@@ -1,14 +1,18 @@
 """Benchmark the tokenizer family on the synthetic scenes, or our default tokenizer against diffusers' VQModel.
 
-Family (default): every image tokenizer is trained in this run with the same loop, data, seed, optimiser, schedule
-and number of steps, at 64x64 with about 64 tokens per image, then compared on held-out PSNR, SSIM, codebook usage,
-a linear probe of the scene attributes from frozen quantized features (:mod:`tokenizers_vis.evaluation.probe`), the
-Fréchet distance between CLIP image embeddings of originals and reconstructions, and encode+decode speed (ratio
-against the plain vq2d row). The video tokenizer is trained on 17-frame moving-shape clips; its PSNR / SSIM / usage
-are on held-out clips, its probe, FD and speed on images (one-frame videos).
+Family (default): every image tokenizer is trained in this run with the same loop, data (the default run's: wide-
+palette scenes with photo patches), seed, optimiser, schedule and number of steps, at 64x64 with about 64 tokens per
+image (and the default run's 256-token vq-f4), then compared on held-out PSNR, SSIM, codebook usage, PSNR on
+classic-palette scenes and on the two out-of-distribution sets (:mod:`tokenizers_vis.evaluation.ood`: flat-shape scenes
+of another renderer, patches of photos never trained on), a linear probe of the scene attributes from frozen quantized
+features (:mod:`tokenizers_vis.evaluation.probe`), the Fréchet distance between CLIP image embeddings of originals and
+reconstructions, and encode+decode speed (ratio against the plain vq2d row). The video tokenizer is trained on 17-frame
+moving-shape clips; its PSNR / SSIM / usage are on held-out clips, its out-of-distribution PSNR, probe, FD and speed on
+images (one-frame videos).
 
     python scripts/bench_tokenizer.py                       # writes benchmarks/tokenizer.md
     python scripts/bench_tokenizer.py --reuse --rows vq2d dual   # reuse finished runs in --output-dir
+    python scripts/bench_tokenizer.py --steps 300 --video-steps 600   # a shorter run of the same rows
     python scripts/bench_tokenizer.py --peer                # ours vs diffusers VQModel -> benchmarks/tokenizer_peer.md
 """
 
@@ -17,8 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -27,8 +29,18 @@ from torch.utils.data import DataLoader
 from tokenizers_vis import TrainConfig, create_tokenizer, load_tokenizer, train_tokenizer
 from tokenizers_vis.baselines import DiffusersVQTokenizer
 from tokenizers_vis.clip import DEFAULT_CLIP, load_clip
-from tokenizers_vis.data import build_dataset, collate_images
-from tokenizers_vis.evaluation import codebook_sizes, frechet_distance, linear_probe, probe_latents, reconstruct
+from tokenizers_vis.data import PHOTO_SPLITS, build_dataset, collate_images
+from tokenizers_vis.evaluation import (
+    evaluate_ood,
+    frechet_distance,
+    items_per_second,
+    linear_probe,
+    ood_images,
+    probe_latents,
+    reconstruct,
+    reconstruction_psnr,
+    token_budget,
+)
 from tokenizers_vis.registry import tokenizer_families
 from tokenizers_vis.training import materialize
 
@@ -42,7 +54,13 @@ def kind_row(kind: str, **fields) -> tuple[str, dict, dict]:
 
 # name -> (preset, TrainConfig fields, model overrides)
 ROWS: dict[str, tuple[str, dict, dict]] = {
-    "vq2d": kind_row("vq2d"),
+    "vq2d": ("vq-f8", {}, {}),  # the reference row: 64 tokens, like the other families
+    "vq2d-f4": kind_row("vq2d"),  # the default run's tokenizer (256 tokens)
+    # the default run before the wide palette and photos: the "classic" scenes only
+    "vq2d-classic": ("vq-f8", {"palette": "classic", "photo_fraction": 0.0}, {}),
+    "rvq": ("rvq-f8", {}, {}),
+    "fsq": ("fsq-f8", {}, {}),
+    "lfq": ("lfq-f8", {}, {}),
     "vq2d+clip-dec": ("vq-f8", {"semantic_teacher": "clip"}, {}),
     "vq2d+clip-enc": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "encoder"}),
     "vq2d+clip-q": ("vq-f8", {"semantic_teacher": "clip"}, {"semantic_layer": "quantized"}),
@@ -72,21 +90,8 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "vq1d-32-hybrid": ("vq1d-32-hybrid", {}, {}),
     "vq1d-32-prior": ("vq1d-32-prior", {}, {}),
     "vq1d-64": ("vq1d-64", {}, {}),
-    "video": kind_row("video", steps=2400),
+    "video": kind_row("video"),  # trained --video-steps
 }
-
-
-@torch.no_grad()
-def items_per_second(model, x: torch.Tensor, repeats: int = 3) -> float:
-    """Encode + decode throughput (fp32, no grad) in items of ``x`` per second, best of ``repeats``."""
-    model.eval()
-    reconstruct(model, x[:2])  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        reconstruct(model, x)
-        best = min(best, time.perf_counter() - start)
-    return len(x) / best
 
 
 def labelled_scenes(split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,25 +99,20 @@ def labelled_scenes(split: str, count: int, seed: int) -> tuple[torch.Tensor, to
     return batch["image"], batch["labels"]
 
 
-def token_budget(model, image: torch.Tensor) -> tuple[int, float]:
-    """(tokens per image, bits per image) from the index shapes of one image."""
-    codes = model.encode(image[None])
-    codes = codes if isinstance(codes, tuple) else (codes,)
-    tokens = [c[0].numel() for c in codes]
-    return sum(tokens), sum(n * math.log2(size) for n, size in zip(tokens, codebook_sizes(model), strict=True))
-
-
 def family(args: argparse.Namespace) -> None:
     base = TrainConfig(steps=args.steps, save_every=10**9, cpu_threads=args.cpu_threads, seed=args.seed)
     heldout = materialize(build_dataset("scenes", "heldout", 64, args.eval_images, base.seed), 0, "held-out")
     probe_train, probe_train_labels = labelled_scenes("train", args.probe_train, base.seed + 1)
     probe_test, probe_test_labels = labelled_scenes("heldout", args.probe_test, base.seed)
+    ood = ood_images(base.ood_samples, 64, base.seed)
     clip = load_clip(DEFAULT_CLIP)
     rows = []
     for name in args.rows:
         preset, fields, overrides = ROWS[name]
         out = Path(args.output_dir) / name
         cfg = dataclasses.replace(base, preset=preset, output_dir=str(out), model_overrides=overrides, **fields)
+        if cfg.data == "videos":
+            cfg = dataclasses.replace(cfg, steps=args.video_steps)
         if args.reuse and (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
             rows.append(json.loads((out / "bench_row.json").read_text()) | {"reused": True})
             continue
@@ -138,6 +138,8 @@ def family(args: argparse.Namespace) -> None:
             "bits": bits,
         }
         row.update(
+            evaluate_ood(model, ood),  # also for runs reused from before the metric existed
+            psnr_classic=reconstruction_psnr(model, heldout),  # one set for every row, whatever its training palette
             probe=probe,
             fd_clip=frechet_distance(clip, (heldout + 1) / 2, (recon + 1) / 2),
             speed=items_per_second(model, heldout[:128]),
@@ -147,25 +149,32 @@ def family(args: argparse.Namespace) -> None:
             row["frames_per_second"] = items_per_second(model, clips) * clips.shape[1]
         rows.append(row)
         (out / "bench_row.json").write_text(json.dumps(row, indent=2))
-        print(json.dumps({k: row[k] for k in ("name", "psnr", "ssim", "codebook_usage", "probe", "fd_clip")}))
+        keys = ("name", "psnr", "psnr_ood_scenes", "psnr_ood_photos", "ssim", "codebook_usage", "probe", "fd_clip")
+        print(json.dumps({k: row[k] for k in keys}))
     write_family_table(rows, args, base)
 
 
 def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainConfig) -> None:
     ref = next((r for r in rows if r["name"] == "vq2d"), rows[0])
     header = (
-        "| tokenizer | preset | params (M) | tokens / image | bits / image | steps | PSNR (dB) | SSIM | codebook usage "
-        "| probe mean | probe shape / colour / size | FD (CLIP) | train wall (s) | enc+dec img/s | speed ratio |"
+        "| tokenizer | preset | data | params (M) | tokens / image | bits / image | steps | PSNR (dB) | PSNR classic "
+        "| PSNR OOD scenes | PSNR OOD photos | SSIM | codebook usage | probe mean | probe shape / colour / size "
+        "| FD (CLIP) | train wall (s) | enc+dec img/s | speed ratio |"
     )
-    lines = [header, "|" + "---|" * 15]
+    lines = [header, "|" + "---|" * 19]
     for r in rows:
         p = r["probe"]
         usage = f"{r['codebook_usage']:.3f}"
         if "codebook_usage_each" in r:
             usage += " (" + " / ".join(f"{u:.2f}" for u in r["codebook_usage_each"]) + ")"
+        data = f"{r['data']} ({r.get('palette') or 'classic'}" + (
+            f", {100 * r['photo_fraction']:.0f} % photos)" if r.get("photo_fraction") else ")"
+        )
         lines.append(
-            f"| {r['name']} | {r['preset']} | {r['params'] / 1e6:.2f} | {r['tokens']} | {r['bits']:.0f} | {r['steps']} "
-            f"| {r['psnr']:.2f} | {r['ssim']:.3f} | {usage} | {100 * p['mean']:.1f} | {100 * p['shape']:.1f} / "
+            f"| {r['name']} | {r['preset']} | {data} | {r['params'] / 1e6:.2f} | {r['tokens']} | {r['bits']:.0f} "
+            f"| {r['steps']} | {r['psnr']:.2f} | {r['psnr_classic']:.2f} | {r['psnr_ood_scenes']:.2f} "
+            f"| {r['psnr_ood_photos']:.2f} "
+            f"| {r['ssim']:.3f} | {usage} | {100 * p['mean']:.1f} | {100 * p['shape']:.1f} / "
             f"{100 * p['color']:.1f} / {100 * p['size']:.1f} | {r['fd_clip']:.4f} | {r['wall_seconds']:.0f} | "
             f"{r['speed']:.0f} | {r['speed'] / ref['speed']:.2f}x |"
         )
@@ -190,7 +199,13 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
             "",
             f"Synthetic scenes at 64x64; image tokenizers trained in this run with the same loop, seed {base.seed}, "
             f"{base.steps} steps of batch {base.batch_size}, lr {base.lr}, cosine schedule, mixed precision "
-            f"{rows[0]['mixed_precision']}. PSNR / SSIM / usage on {base.eval_samples} held-out scenes. Probe: "
+            f"{rows[0]['mixed_precision']}, on the default run's data unless the data column says otherwise (scenes "
+            f"in the wide palette, {100 * base.photo_fraction:.0f} % of the pool patches of the training photos; "
+            f"classic: the scenes of the shipped pipeline only). PSNR / SSIM / usage on {base.eval_samples} held-out "
+            f"scenes of the training palette (video: clips); PSNR classic on {args.eval_images} held-out scenes of "
+            f"the classic palette for every row. PSNR OOD: on {base.ood_samples} flat-shape scenes of a separate "
+            f"renderer (elongated ellipses and rectangles, free colours, plain backgrounds) and {base.ood_samples} "
+            f"patches of the held-out photos ({', '.join(PHOTO_SPLITS['heldout'])}), which no run trains on. Probe: "
             f"logistic regression of shape / colour / size per 3x3 cell from frozen quantized features, fitted on "
             f"{args.probe_train} training scenes and scored on the occupied cells of {args.probe_test} held-out "
             f"scenes. FD: Fréchet distance between the shipped CLIP's image embeddings of {args.eval_images} held-out "
@@ -206,7 +221,7 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
             *notes,
             "",
             f"Command: `python scripts/bench_tokenizer.py{' --reuse' if args.reuse else ''} --steps {args.steps} "
-            f"--rows {' '.join(args.rows)} "
+            f"--video-steps {args.video_steps} --rows {' '.join(args.rows)} "
             f"--cpu-threads {args.cpu_threads}`",
             "",
         ]
@@ -269,9 +284,10 @@ def main() -> None:
         "--rows",
         nargs="+",
         choices=list(ROWS),
-        default=["vq2d", "vq2d+clip-dec", "vq2d+grader-q", "dual", "vq1d-32", "vq1d-32-prior", "video"],
+        default=["vq2d", "vq2d-f4", "vq2d-classic", "rvq", "fsq", "lfq", "dual", "vq1d-32", "vq1d-32-prior", "video"],
     )
     p.add_argument("--steps", type=int, default=1000, help="training steps of every image tokenizer")
+    p.add_argument("--video-steps", type=int, default=2400, help="training steps of the video tokenizer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--reuse",

@@ -315,3 +315,47 @@ def test_photo_color_augment_permutes_channels_only():
         assert torch.equal(p.sort(0).values, a.sort(0).values)
     assert sum(not torch.equal(p, a) for p, a in pairs) >= 5  # grey photos and the identity order stay equal
     assert not PhotoPatches(5, 32, "heldout").color_augment
+
+
+# ----------------------------------------------------------------------------------------------- palettes
+
+
+def test_wide_palette_recolours_the_same_scenes_over_the_whole_range():
+    import colorsys
+
+    from tokenizers_vis.data.scenes import _MIN_CONTRAST, BACKGROUND_RGB, COLOR_RGB
+
+    classic, wide = SyntheticScenes(200, 16, "train", seed=2), SyntheticScenes(200, 16, "train", seed=2, palette="wide")
+    assert SyntheticScenes(5, 16).palette == "classic"  # the generators' world stays the default
+    values = []
+    for i in range(200):
+        a, b = classic.describe(i), wide.describe(i)
+        assert a["caption"] == b["caption"]  # same layout, names and caption: only colours change
+        assert [{k: v for k, v in o.items() if k != "rgb"} for o in b["objects"]] == a["objects"]
+        assert torch.equal(classic[i]["labels"], wide[i]["labels"])
+        assert "rgb" not in a["background"] and all("rgb" not in o for o in a["objects"])
+        background = b["background"]["rgb"]
+        values.append(max(background) / 255)
+        for obj in b["objects"]:
+            assert np.linalg.norm(np.subtract(obj["rgb"], background)) >= _MIN_CONTRAST  # every object stands out
+            h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in obj["rgb"]))
+            h0, s0, v0 = colorsys.rgb_to_hsv(*(c / 255 for c in COLOR_RGB[obj["color"]]))
+            if obj["color"] == "white":
+                assert s < 0.05 and v >= 0.8
+            else:  # the shade varies, the colour name still holds
+                assert min(abs(h - h0), 1 - abs(h - h0)) <= 10 / 360 + 1e-3 and 0.55 * v0 <= v <= v0 + 1e-3
+    classic_max = max(max(rgb) for rgb in BACKGROUND_RGB.values()) / 255
+    assert classic_max < 0.4  # why classic-only tokenizers fail on light images
+    assert np.mean(np.array(values) > 0.6) > 0.3 and np.mean(np.array(values) < 0.3) > 0.1  # light and dark
+
+
+def test_wide_palette_clips_keep_their_captions():
+    from tokenizers_vis.data import MovingShapes
+
+    classic, wide = MovingShapes(20, 16, 3, seed=1), MovingShapes(20, 16, 3, seed=1, palette="wide")
+    for i in range(20):
+        assert classic.describe(i)["caption"] == wide.describe(i)["caption"]
+        assert "rgb" in wide.describe(i)["background"]
+    assert wide[0]["video"].shape == (3, 3, 16, 16)
+    with pytest.raises(ValueError, match="palette"):
+        SyntheticScenes(5, palette="neon")

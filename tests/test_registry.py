@@ -77,7 +77,7 @@ def test_builtin_families_equal_the_tables_and_checks_they_replaced():
     families = tokenizer_families()
     # registry.KINDS and scripts/train_tokenizer.py's KIND_DEFAULTS, in the command line's order
     assert KINDS == {
-        "vq2d": (ImageTokenizer, "vq-f8"),
+        "vq2d": (ImageTokenizer, "vq-f4"),
         "vq1d": (OneDTokenizer, "vq1d-32-prior"),
         "dual": (DualTokenizer, "dual-f8"),
         "video": (VideoTokenizer, "video-f8t4"),

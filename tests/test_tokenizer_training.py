@@ -24,7 +24,7 @@ def test_cli_tokenizer_kinds_pick_presets_and_run_defaults(tmp_path):
     assert (cfg.preset, cfg.batch_size) == ("video-tiny", 2)  # explicit flags win over the kind's defaults
     assert parse_train_args(["--tokenizer", "dual"]).semantic_teacher == "clip"
     assert parse_train_args(["--tokenizer", "vq1d"]).preset == "vq1d-32-prior"
-    assert parse_train_args(["--tokenizer", "vq2d"]).preset == "vq-f8"
+    assert parse_train_args(["--tokenizer", "vq2d"]).preset == "vq-f4"
     (tmp_path / "run.json").write_text('{"batch_size": 3}')
     assert parse_train_args(["--tokenizer", "video", "--config", str(tmp_path / "run.json")]).batch_size == 3
     with pytest.raises(SystemExit, match="does not match"):
@@ -46,6 +46,7 @@ def test_training_loop_trains_each_family(preset, clip_folder, tmp_path):
         resolution=32,
         train_samples=32,
         eval_samples=8,
+        ood_samples=8,
         steps=40,
         batch_size=4 if video else 16,
         image_batch_size=4 if video else 0,
@@ -56,7 +57,7 @@ def test_training_loop_trains_each_family(preset, clip_folder, tmp_path):
         semantic_teacher=str(clip_folder) if kind == "dual" else "",
         output_dir=str(tmp_path / "run"),
     )
-    heldout = build_dataset(cfg.data, "heldout", 32, 8, 0, **({"frames": 5} if video else {}))
+    heldout = build_dataset(cfg.data, "heldout", 32, 8, 0, palette="wide", **({"frames": 5} if video else {}))
     heldout = torch.stack([heldout[i]["video" if video else "image"] for i in range(8)])
     untrained = evaluate_tokenizer(create_tokenizer(preset, **cfg.model_overrides), heldout)["psnr"]
     metrics = train_tokenizer(cfg)
@@ -66,6 +67,8 @@ def test_training_loop_trains_each_family(preset, clip_folder, tmp_path):
     assert evaluate_tokenizer(model, heldout)["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4)
     assert (tmp_path / "run" / "reconstructions.png").is_file()
     assert (tmp_path / "run" / "reconstructions.gif").is_file() == video
+    assert (tmp_path / "run" / "reconstructions_ood.png").is_file() == video  # image runs: in reconstructions.png
+    assert {"psnr_ood_scenes", "psnr_ood_photos"} <= set(metrics)
     if kind == "dual":
         assert len(metrics["codebook_usage_each"]) == 2 and model.config.semantic_dim == 32
 

@@ -12,6 +12,7 @@ import torch
 from tokenizers_vis import TrainConfig, create_tokenizer, evaluate_tokenizer, load_tokenizer, train_tokenizer
 from tokenizers_vis.cli import parse_train_args
 from tokenizers_vis.data import build_dataset
+from tokenizers_vis.evaluation import ood_images, reconstruction_psnr
 from tokenizers_vis.training import materialize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ TINY = dict(
     num_workers=0,
     cpu_threads=1,
     log_every=5,
+    ood_samples=32,
 )
 CLI_TINY = [
     "--preset",
@@ -43,18 +45,27 @@ CLI_TINY = [
     "0",
     "--cpu-threads",
     "1",
+    "--ood-samples",
+    "32",
 ]
 
 
 def test_short_training_lowers_loss_and_writes_outputs(tmp_path):
     torch.manual_seed(0)
     untrained = create_tokenizer("vq-f8-tiny")
-    heldout = materialize(build_dataset("scenes", "heldout", 64, 64, 0), 0, "heldout")
+    heldout = materialize(build_dataset("scenes", "heldout", 64, 64, 0, palette="wide"), 0, "heldout")
     before = evaluate_tokenizer(untrained, heldout)["psnr"]
     metrics = train_tokenizer(TrainConfig(**TINY, steps=80, lr=3e-3, output_dir=str(tmp_path)))
     assert metrics["psnr"] > before + 4, (before, metrics["psnr"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("psnr", "ssim", "codebook_usage", "perplexity", "steps", "wall_seconds"):
-        assert key in json.loads((tmp_path / "metrics.json").read_text())
+        assert key in written
+    assert (written["palette"], written["photo_fraction"]) == ("wide", 0.2)
+    ood = ood_images(TINY["ood_samples"], 64, 0)
+    for name, images in ood.items():  # the out-of-distribution sets, next to the in-distribution PSNR
+        assert written[f"psnr_{name}"] == pytest.approx(
+            reconstruction_psnr(load_tokenizer(tmp_path / "model"), images), abs=1e-4
+        )
     assert 0 < metrics["codebook_usage"] <= 1 and metrics["steps"] == 80
     assert (tmp_path / "reconstructions.png").stat().st_size > 0
     assert list((tmp_path / "tokenizer").glob("events.out.tfevents.*")), "TensorBoard log missing"
@@ -169,6 +180,15 @@ def test_cli_config_file_and_flags(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"steps": 7, "data": "photos", "lr": 0.01}))
     cfg = parse_train_args(["--config", str(tmp_path / "run.json"), "--steps", "9", "--quantizer", "fsq"])
     assert (cfg.steps, cfg.data, cfg.lr, cfg.model_overrides) == (9, "photos", 0.01, {"quantizer_type": "fsq"})
+    defaults = parse_train_args([])
+    assert (defaults.data, defaults.palette, defaults.photo_fraction, defaults.ood_samples) == (
+        "scenes",
+        "wide",
+        0.2,
+        256,
+    )
+    cfg = parse_train_args(["--palette", "classic", "--photo-fraction", "0", "--ood-samples", "0"])
+    assert (cfg.palette, cfg.photo_fraction, cfg.ood_samples) == ("classic", 0.0, 0)
     (tmp_path / "bad.json").write_text(json.dumps({"stepz": 7}))
     with pytest.raises(ValueError, match="stepz"):
         parse_train_args(["--config", str(tmp_path / "bad.json")])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import PALETTES
 from .quantizers import QUANTIZERS
 from .registry import list_tokenizers, preset_kind, tokenizer_families
 from .training import TrainConfig
@@ -39,7 +40,12 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
     p.add_argument("--preset", choices=list_tokenizers(), help=f"model preset (default {defaults.preset})")
     p.add_argument("--quantizer", choices=QUANTIZERS, help="override the preset's quantizer")
     p.add_argument("--codebook-size", type=int)
-    p.add_argument("--data", help="scenes | photos | folder of images | .tar shards (path or glob)")
+    p.add_argument("--data", help="scenes | photos | videos | folder of images | .tar shards (path or glob)")
+    p.add_argument(
+        "--palette",
+        choices=PALETTES,
+        help=f"colours of the built-in scenes and clips (default {defaults.palette}; classic: the shipped pipeline's)",
+    )
     for name in (
         "resolution",
         "frames",
@@ -49,6 +55,7 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         "train_samples",
         "image_batch_size",
         "eval_samples",
+        "ood_samples",
         "save_every",
         "seed",
         "warmup_steps",
@@ -68,7 +75,7 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         choices=("decoder", "encoder", "quantized"),
         help="tokenizer feature aligned to the teacher (default decoder)",
     )
-    for name in ("lr", "gan_weight", "lpips_weight", "weight_decay", "semantic_weight"):
+    for name in ("lr", "gan_weight", "lpips_weight", "weight_decay", "semantic_weight", "photo_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"))
     p.add_argument("--output-dir")

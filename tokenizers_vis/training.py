@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 from .data import build_dataset, collate_images
-from .evaluation import evaluate_tokenizer
+from .evaluation import evaluate_ood, evaluate_tokenizer, ood_images
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
 from .registry import DEFAULT_PRESET, create_tokenizer, family_of, preset_class, tokenizer_families
 from .teacher import load_teacher
@@ -43,12 +43,20 @@ from .visuals import save_reconstructions
 class TrainConfig(AccelerateRunConfig):
     """Everything a tokenizer run needs; serialised to ``train_config.json`` in the output dir."""
 
-    steps: int = 1300  # a short CPU run with bf16 autocast
+    steps: int = 1300  # the default vq-f4 run: about 30 min on an AVX2-only 2-core CPU in fp32
     output_dir: str = "runs/tokenizer"
     min_lr_ratio: float = 0.02
     preset: str = DEFAULT_PRESET
     model_overrides: dict = field(default_factory=dict)
     data: str = "scenes"  # scenes | photos | videos | a folder of images | .tar shards
+    # built-in scenes and clips: "wide" (backgrounds and shades over the whole colour range) or "classic" (the world
+    # of the shipped pipeline, grader and CLIP). A tokenizer trained on "classic" alone fails on light and saturated
+    # images it has never seen
+    palette: str = "wide"
+    # data "scenes" (and the stills of data "videos"): this share of the pool is patches of the training-split photos
+    # (colour-permuted), for natural-image statistics; 0 = scenes only
+    photo_fraction: float = 0.2
+    ood_samples: int = 256  # images in each out-of-distribution test set (flat-shape scenes, held-out photos); 0 = none
     resolution: int = 64
     frames: int = 9  # training clip length for data "videos" (1 + 4k for the video tokenizer)
     eval_frames: int = 17  # held-out clip length for data "videos"
@@ -81,18 +89,32 @@ def materialize(dataset: Dataset, num_workers: int, desc: str, limit: int | None
     return torch.cat(chunks)[:limit]
 
 
-class BatchSource:
-    """Batches for step ``s``: random draws from an in-memory pool (stateless, exact on resume), or
-    a streaming DataLoader for large folders and shards (re-shuffled on resume)."""
+def training_sets(cfg: TrainConfig, source: str | None = None, **kwargs) -> list[Dataset]:
+    """The training split of ``source`` (default ``cfg.data``; ``kwargs`` go to its dataset); for built-in scenes,
+    ``cfg.photo_fraction`` of the ``cfg.train_samples`` are training-split photo patches instead."""
+    source = source or cfg.data
+    if source not in ("scenes", "videos"):
+        return [build_dataset(source, "train", cfg.resolution, cfg.train_samples, cfg.seed, **kwargs)]
+    photos = round(cfg.photo_fraction * cfg.train_samples) if source == "scenes" else 0
+    scenes = cfg.train_samples - photos
+    sets = [build_dataset(source, "train", cfg.resolution, scenes, cfg.seed, palette=cfg.palette, **kwargs)]
+    return sets + [build_dataset("photos", "train", cfg.resolution, photos, cfg.seed)] if photos else sets
 
-    def __init__(self, dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator) -> None:
+
+class BatchSource:
+    """Batches for step ``s``: random draws from an in-memory pool of every dataset (stateless, exact on resume), or
+    a streaming DataLoader for one large folder or set of shards (re-shuffled on resume)."""
+
+    def __init__(self, datasets: list[Dataset], cfg: TrainConfig, accelerator: Accelerator) -> None:
         self.cfg, self.rank = cfg, accelerator.process_index
         self.pool, self.skipped = None, 0
-        if not isinstance(dataset, IterableDataset) and len(dataset) <= cfg.train_samples:
-            if hasattr(dataset, "scan"):  # user folders: drop and count unreadable files up front
-                self.skipped = len(dataset.scan()[1])
-            self.pool = materialize(dataset, cfg.num_workers, "rendering training pool")
+        if not any(isinstance(d, IterableDataset) for d in datasets) and sum(map(len, datasets)) <= cfg.train_samples:
+            for dataset in datasets:
+                if hasattr(dataset, "scan"):  # user folders: drop and count unreadable files up front
+                    self.skipped += len(dataset.scan()[1])
+            self.pool = torch.cat([materialize(d, cfg.num_workers, "rendering training pool") for d in datasets])
         else:
+            (dataset,) = datasets
             loader = DataLoader(
                 dataset,
                 batch_size=cfg.batch_size,
@@ -165,16 +187,17 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     params = sum(p.numel() for p in model.parameters())
 
     videos = cfg.data == "videos"
-    extra = {"frames": cfg.frames} if videos else {}
-    train_set = build_dataset(cfg.data, "train", cfg.resolution, cfg.train_samples, cfg.seed, **extra)
-    source = BatchSource(train_set, cfg, accelerator)
+    source = BatchSource(training_sets(cfg, **({"frames": cfg.frames} if videos else {})), cfg, accelerator)
     stills = None
     if videos and cfg.image_batch_size:
-        scenes = build_dataset("scenes", "train", cfg.resolution, cfg.train_samples, cfg.seed)
-        stills = BatchSource(scenes, dataclasses.replace(cfg, batch_size=cfg.image_batch_size), accelerator)
+        stills_cfg = dataclasses.replace(cfg, batch_size=cfg.image_batch_size)
+        stills = BatchSource(training_sets(stills_cfg, "scenes"), stills_cfg, accelerator)
     extra = {"frames": cfg.eval_frames} if videos else {}
+    if cfg.data in ("scenes", "videos"):
+        extra["palette"] = cfg.palette
     heldout_set = build_dataset(cfg.data, "heldout", cfg.resolution, cfg.eval_samples, cfg.seed, **extra)
     heldout = materialize(heldout_set, 0, "rendering held-out set", limit=cfg.eval_samples)
+    ood = ood_images(cfg.ood_samples, cfg.resolution, cfg.seed) if cfg.ood_samples else {}
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
@@ -247,6 +270,8 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
     metrics: dict = {}
     if accelerator.is_main_process:
         metrics = evaluate_tokenizer(raw, heldout)
+        metrics.update(evaluate_ood(raw, ood))
+        ood_keys = [f"psnr_{name}" for name in ood]
         metrics.update(
             steps=cfg.steps,
             trained_steps_this_run=cfg.steps - start,
@@ -256,6 +281,8 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             params=params,
             rank_param_checksums=checksums,
             data=cfg.data,
+            palette=cfg.palette if cfg.data in ("scenes", "videos") else None,
+            photo_fraction=cfg.photo_fraction if cfg.data in ("scenes", "videos") else 0.0,
             preset=cfg.preset,
             tokenizer=type(raw).__name__,
             semantic_teacher=teacher.name if teacher is not None else None,
@@ -264,11 +291,11 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
             cpu_threads=torch.get_num_threads(),
         )
         save_model_atomically(raw, out / "model")
-        save_reconstructions(raw, heldout, out)
+        save_reconstructions(raw, heldout, out, ood)
         metrics["run_seconds"] = round(time.time() - run_start, 1)  # data, training, evaluation and saving
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         accelerator.log(
-            {f"eval/{k}": metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity")},
+            {f"eval/{k}": metrics[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", *ood_keys)},
             step=cfg.steps,
         )
     accelerator.end_training()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .flat_shapes import FLAT_KINDS, FlatShapes, render_flat_scene, sample_flat_scene
 from .folders import (
     IMAGE_EXTENSIONS,
     ClassImageFolder,
@@ -33,16 +34,28 @@ from .language import (
     make_video_caption,
 )
 from .photos import PHOTO_FILES, PHOTO_SPLITS, PhotoPatches, load_photo
-from .scenes import SyntheticScenes, render_scene, render_scenes, sample_scene, scene_labels, uint8_to_tensor
+from .scenes import (
+    PALETTES,
+    SyntheticScenes,
+    render_scene,
+    render_scenes,
+    sample_scene,
+    scene_labels,
+    uint8_to_tensor,
+    widen_palette,
+)
 from .videos import MovingShapes, render_video, sample_video
 
 __all__ = [
     "COLORS",
     "DIRECTIONS",
+    "FLAT_KINDS",
     "HELDOUT_PAIRS",
     "IMAGE_EXTENSIONS",
     "ClassImageFolder",
+    "FlatShapes",
     "PHOTO_FILES",
+    "PALETTES",
     "PHOTO_SPLITS",
     "POSITIONS",
     "SHAPES",
@@ -63,15 +76,18 @@ __all__ = [
     "make_caption",
     "make_video_caption",
     "read_metadata_captions",
+    "render_flat_scene",
     "render_scene",
     "render_scenes",
     "render_video",
     "resolve_shards",
+    "sample_flat_scene",
     "sample_scene",
     "sample_video",
     "scene_labels",
     "to_rgb",
     "uint8_to_tensor",
+    "widen_palette",
 ]
 
 

@@ -8,6 +8,7 @@ scenes usable for grading generated images against their captions. The words and
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +22,11 @@ from tqdm.auto import tqdm
 from .language import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZE_FRACTION, SIZES, make_caption
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "novel")
+# "classic": the world of the shipped pipeline, grader, CLIP and generator benchmarks (dark muted backgrounds, eight
+# fixed object colours). "wide": the same scenes (layout, shapes, colour names, captions, labels) over backgrounds from
+# the whole colour range and with each object's colour varied in shade, for tokenizers that must also reconstruct
+# light, saturated or muted regions.
+PALETTES: tuple[str, ...] = ("classic", "wide")
 TEXTURES: tuple[str, ...] = ("plain", "gradient", "stripes", "checker")
 
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -84,7 +90,8 @@ def uint8_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def _background(background: Mapping[str, Any], resolution: int) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]. Textures are smooth, so they are evaluated at the target resolution."""
-    base = np.asarray(BACKGROUND_RGB[background["color"]], dtype=np.float32) / 255.0
+    rgb = background["rgb"] if "rgb" in background else BACKGROUND_RGB[background["color"]]
+    base = np.asarray(rgb, dtype=np.float32) / 255.0
     texture = background.get("texture", "plain")
     if texture == "plain":
         return np.broadcast_to(base, (resolution, resolution, 3))
@@ -117,9 +124,10 @@ def render_scene(
     """Render a scene description to an (H, W, 3) uint8 array with H = W = ``resolution``.
 
     ``objects``: dicts with ``shape``, ``color``, ``size`` (names from SHAPES/COLORS/SIZES) and ``cell``
-    (index into POSITIONS); optional ``offset`` (dx, dy) in fractions of the image side and ``angle`` in
-    degrees. ``background``: dict with ``color`` (a BACKGROUND_RGB name), ``texture`` (TEXTURES) and its
-    parameters ``angle``, ``period``, ``phase``, ``amplitude``; None gives a plain charcoal background.
+    (index into POSITIONS); optional ``offset`` (dx, dy) in fractions of the image side, ``angle`` in
+    degrees and ``rgb`` (8-bit, replaces the colour name's COLOR_RGB). ``background``: dict with ``color`` (a
+    BACKGROUND_RGB name) or ``rgb``, ``texture`` (TEXTURES) and its parameters ``angle``, ``period``, ``phase``,
+    ``amplitude``; None gives a plain charcoal background.
     """
     if background is None:
         background = {"color": "charcoal", "texture": "plain"}
@@ -135,7 +143,7 @@ def render_scene(
         dx, dy = obj.get("offset", (0.0, 0.0))
         cx, cy = (col + 0.5) * cell + dx * size, (row + 0.5) * cell + dy * size
         radius = SIZE_FRACTION[obj["size"]] * cell / 2.0
-        fill = (*COLOR_RGB[obj["color"]], 255)
+        fill = (*(obj["rgb"] if "rgb" in obj else COLOR_RGB[obj["color"]]), 255)
         if obj["shape"] == "circle":
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
             continue
@@ -152,13 +160,20 @@ def render_scene(
 
 
 def sample_scene(
-    rng: np.random.Generator, split: str = "train", max_objects: int = 3, textured_prob: float = 0.5
+    rng: np.random.Generator,
+    split: str = "train",
+    max_objects: int = 3,
+    textured_prob: float = 0.5,
+    palette: str = "classic",
 ) -> dict[str, Any]:
     """Draw a scene description ``{"objects": [...], "background": {...}}`` (objects in caption order).
 
     "train"/"heldout" never use HELDOUT_PAIRS; "novel" forces one randomly chosen object to use one
-    (the others are drawn from all pairs, so they may too).
+    (the others are drawn from all pairs, so they may too). ``palette`` "wide" draws the "classic" scene first
+    (same layout, names and caption for the same ``rng`` state), then its colours: see :func:`_widen`.
     """
+    if palette not in PALETTES:
+        raise ValueError(f"unknown palette {palette!r}; expected one of {PALETTES}")
     count = int(rng.integers(1, max_objects + 1))
     cells = np.sort(rng.choice(len(POSITIONS), size=count, replace=False))
     forced = int(rng.integers(count)) if split == "novel" else -1
@@ -191,7 +206,32 @@ def sample_scene(
             phase=float(rng.uniform(0.0, 2 * math.pi)),
             amplitude=float(rng.uniform(0.1, 0.15)),
         )
+    if palette == "wide":
+        widen_palette(rng, objects, background)
     return {"objects": objects, "background": background}
+
+
+_MIN_CONTRAST = 80.0  # Euclidean 8-bit RGB distance kept between every object and the background's base colour
+
+
+def widen_palette(rng: np.random.Generator, objects: list[dict[str, Any]], background: dict[str, Any]) -> None:
+    """Recolours a "classic" scene description in place into the "wide" palette: each object's colour varied in
+    shade (hue within 10 degrees, saturation and value scaled down to 60 %; whites only in brightness) so that its
+    name still holds; the background's base colour drawn with uniform hue, saturation and value and redrawn until
+    every object stands out from it."""
+    for obj in objects:
+        h, sat, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in COLOR_RGB[obj["color"]]))
+        if obj["color"] == "white":
+            dh, ds, dv = 0.0, 1.0, rng.uniform(0.85, 1.0)
+        else:
+            dh, ds, dv = rng.uniform(-10 / 360, 10 / 360), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)
+        obj["rgb"] = tuple(round(255 * c) for c in colorsys.hsv_to_rgb((h + dh) % 1.0, sat * ds, v * dv))
+    while True:
+        rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(*rng.uniform(0.0, 1.0, size=3).tolist()))
+        if all(math.dist(rgb, obj["rgb"]) >= _MIN_CONTRAST for obj in objects):
+            break
+    background.pop("color")
+    background["rgb"] = rgb
 
 
 def scene_labels(objects: Sequence[Mapping[str, Any]], max_objects: int) -> torch.Tensor:
@@ -213,13 +253,30 @@ def render_scenes(scenes: Sequence[Mapping[str, Any]], resolution: int, desc: st
     return images
 
 
-class SyntheticScenes(Dataset):
+class SeededDataset(Dataset):
+    """Base of the built-in datasets: ``num_samples`` items, item ``i`` a pure function of ``seed`` and ``i``."""
+
+    num_samples: int
+    seed: int
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def rng_for(self, index: int, *entropy: int) -> np.random.Generator:
+        """The generator of item ``index``, seeded by ``(seed, *entropy)``; refuses an index out of range."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        return np.random.default_rng(np.random.SeedSequence([self.seed, *entropy]))
+
+
+class SyntheticScenes(SeededDataset):
     """Deterministic captioned shape scenes.
 
     Item ``i`` is a dict: ``image`` (3, R, R) float32 in [-1, 1], ``caption`` str, ``labels``
     (max_objects, 4) int64 (see :func:`scene_labels`) and ``num_objects`` int. Splits "train" and
     "heldout" share a distribution but use disjoint seed streams; "novel" scenes each contain a
-    held-out (shape, colour) pair.
+    held-out (shape, colour) pair. ``palette`` (PALETTES) "wide" recolours the same scenes (see
+    :func:`widen_palette`); "classic" is the world of the shipped pipeline, grader and CLIP.
     """
 
     def __init__(
@@ -230,6 +287,7 @@ class SyntheticScenes(Dataset):
         seed: int = 0,
         textured_prob: float = 0.5,
         max_objects: int = 3,
+        palette: str = "classic",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -237,6 +295,8 @@ class SyntheticScenes(Dataset):
             raise ValueError(f"max_objects must be in [1, {len(POSITIONS)}], got {max_objects}")
         if not 0.0 <= textured_prob <= 1.0:
             raise ValueError(f"textured_prob must be in [0, 1], got {textured_prob}")
+        if palette not in PALETTES:
+            raise ValueError(f"unknown palette {palette!r}; expected one of {PALETTES}")
         if seed < 0 or num_samples < 0 or resolution < 1:
             raise ValueError("seed and num_samples must be >= 0 and resolution >= 1")
         self.num_samples = num_samples
@@ -245,17 +305,13 @@ class SyntheticScenes(Dataset):
         self.seed = seed
         self.textured_prob = textured_prob
         self.max_objects = max_objects
-
-    def __len__(self) -> int:
-        return self.num_samples
+        self.palette = palette
 
     def describe(self, index: int) -> dict[str, Any]:
         """Scene description ``{"objects", "background", "caption"}``; pass the first two to render_scene."""
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         # Split id in the entropy gives every split its own, disjoint stream of scenes.
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(self.split), index]))
-        scene = sample_scene(rng, self.split, self.max_objects, self.textured_prob)
+        rng = self.rng_for(index, SPLITS.index(self.split), index)
+        scene = sample_scene(rng, self.split, self.max_objects, self.textured_prob, self.palette)
         scene["caption"] = make_caption(scene["objects"])
         return scene
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .language import COLORS, DIRECTIONS, HELDOUT_PAIRS, SHAPES, SIZE_FRACTION, SIZES, make_video_caption
-from .scenes import SPLITS, sample_scene, uint8_to_tensor
+from .scenes import PALETTES, SPLITS, SeededDataset, sample_scene, uint8_to_tensor, widen_palette
 from .scenes import render_scene as _render_frame
 
 _HELDOUT_LIST = sorted(HELDOUT_PAIRS)
@@ -29,12 +28,13 @@ def sample_video(
     max_objects: int = 1,
     travel: float = 0.4,
     textured_prob: float = 0.5,
+    palette: str = "classic",
 ) -> dict[str, Any]:
     """Clip description ``{"objects": [...], "background": {...}}``. Each object has ``shape``, ``color``,
     ``size``, ``direction`` (a :data:`DIRECTIONS` key), ``start`` and ``end`` centres (x, y in fractions of the
     image side). It travels ``travel`` of the image side along each axis it moves on, and stays fully inside the
     frame. Shape/colour pairs follow the scenes' split rules (no HELDOUT_PAIRS in "train"/"heldout"; one
-    forced in "novel")."""
+    forced in "novel"). ``palette`` as in :func:`~.scenes.sample_scene`."""
     still = sample_scene(rng, split, max_objects, textured_prob)  # shapes, colours, sizes and background
     objects = []
     forced = int(rng.integers(len(still["objects"]))) if split == "novel" else -1
@@ -58,6 +58,8 @@ def sample_video(
             {"shape": shape, "color": color, "size": obj["size"], "angle": obj["angle"]}
             | {"direction": direction, "start": start, "end": end}
         )
+    if palette == "wide":
+        widen_palette(rng, objects, still["background"])
     return {"objects": objects, "background": still["background"]}
 
 
@@ -93,7 +95,7 @@ def video_labels(objects: Sequence[Mapping[str, Any]], max_objects: int) -> torc
     return labels
 
 
-class MovingShapes(Dataset):
+class MovingShapes(SeededDataset):
     """Deterministic captioned clips of ``frames`` frames (default 17 = 1 + 4 * 4, what a temporal-compression-4
     causal tokenizer takes).
 
@@ -112,6 +114,7 @@ class MovingShapes(Dataset):
         max_objects: int = 1,
         travel: float = 0.4,
         textured_prob: float = 0.5,
+        palette: str = "classic",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -121,20 +124,17 @@ class MovingShapes(Dataset):
             raise ValueError(f"max_objects must be in [1, 3], got {max_objects}")
         if not 0.0 <= travel <= 0.5:
             raise ValueError(f"travel must be in [0, 0.5] of the image side, got {travel}")
+        if palette not in PALETTES:
+            raise ValueError(f"unknown palette {palette!r}; expected one of {PALETTES}")
         self.num_samples, self.resolution, self.frames = num_samples, resolution, frames
         self.split, self.seed, self.max_objects = split, seed, max_objects
-        self.travel, self.textured_prob = travel, textured_prob
-
-    def __len__(self) -> int:
-        return self.num_samples
+        self.travel, self.textured_prob, self.palette = travel, textured_prob, palette
 
     def describe(self, index: int) -> dict[str, Any]:
         """Clip description ``{"objects", "background", "caption"}``; pass the first two to :func:`render_video`."""
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         # A stream of its own (the trailing 1) keeps clips independent of the still scenes with the same seed.
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS.index(self.split), index, 1]))
-        clip = sample_video(rng, self.split, self.max_objects, self.travel, self.textured_prob)
+        rng = self.rng_for(index, SPLITS.index(self.split), index, 1)
+        clip = sample_video(rng, self.split, self.max_objects, self.travel, self.textured_prob, self.palette)
         clip["caption"] = make_video_caption(clip["objects"])
         return clip
 

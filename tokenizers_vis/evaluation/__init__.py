@@ -15,13 +15,23 @@ from .fid import (
 )
 from .frechet import CLIPImageFeatures, clip_score, frechet_distance
 from .grader import DEFAULT_GRADER, GRID, AttributeGrader, grade, load_grader
+from .ood import OOD_SETS, evaluate_ood, ood_images
 from .probe import cell_features, cell_targets, linear_probe, probe_latents
-from .reconstruction import code_streams, codebook_sizes, evaluate_tokenizer, reconstruct
+from .reconstruction import (
+    code_streams,
+    codebook_sizes,
+    evaluate_tokenizer,
+    items_per_second,
+    reconstruct,
+    reconstruction_psnr,
+    token_budget,
+)
 from .video import grade_videos, object_centroids
 
 __all__ = [
     "DEFAULT_GRADER",
     "GRID",
+    "OOD_SETS",
     "AttributeGrader",
     "CLIPImageFeatures",
     "cell_features",
@@ -29,15 +39,20 @@ __all__ = [
     "clip_score",
     "code_streams",
     "codebook_sizes",
+    "evaluate_ood",
     "evaluate_tokenizer",
     "frechet_distance",
     "grade",
     "grade_videos",
+    "items_per_second",
     "linear_probe",
     "load_grader",
     "object_centroids",
+    "ood_images",
     "probe_latents",
     "reconstruct",
+    "reconstruction_psnr",
+    "token_budget",
     "FID_KINDS",
     "FolderEvaluation",
     "InceptionUnavailableError",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -22,6 +25,20 @@ def codebook_sizes(model) -> tuple[int, ...]:
 def code_streams(model, x: torch.Tensor) -> list[QuantizerOutput]:
     """The quantizer outputs (indices (B, N) or (B, N, Q)) of every codebook of ``model`` for ``x``."""
     return [o for o in model.quantize(x) if isinstance(o, QuantizerOutput)]
+
+
+@torch.no_grad()
+def reconstruction_psnr(model, images: torch.Tensor, batch_size: int = 128) -> float:
+    """PSNR (dB, images mapped to [0, 1]) of ``decode(encode(images))`` over images (N, 3, H, W) or videos
+    (N, T, 3, H, W) in [-1, 1]; video tokenizers read images as one-frame clips."""
+    model.eval()
+    device = next(model.parameters()).device
+    psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False).to(device)
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        recon = reconstruct(model, x).clamp(-1, 1)
+        psnr.update((recon.reshape(x.shape) + 1) / 2, (x + 1) / 2)
+    return float(psnr.compute())
 
 
 @torch.no_grad()
@@ -56,3 +73,25 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch_size: int = 128) -> di
     if len(stats) > 1:
         metrics["codebook_usage_each"] = [float(u) for u, _ in stats]
     return metrics
+
+
+@torch.no_grad()
+def items_per_second(model, x: torch.Tensor, repeats: int = 3) -> float:
+    """Encode + decode throughput (fp32, no grad) in items of ``x`` per second, best of ``repeats``."""
+    model.eval()
+    reconstruct(model, x[:2])  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reconstruct(model, x)
+        best = min(best, time.perf_counter() - start)
+    return len(x) / best
+
+
+@torch.no_grad()
+def token_budget(model, image: torch.Tensor) -> tuple[int, float]:
+    """(tokens per image, bits per image) from the index shapes of one image."""
+    codes = model.encode(image[None])
+    codes = codes if isinstance(codes, tuple) else (codes,)
+    tokens = [c[0].numel() for c in codes]
+    return sum(tokens), sum(n * math.log2(size) for n, size in zip(tokens, codebook_sizes(model), strict=True))
