@@ -220,9 +220,10 @@ class PruningHandle:
         if mask is None:
             mask = torch.ones(b, full_past + q, dtype=s.mask.dtype, device=embeds.device)
         if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] != full_past + q:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(
                 "after pruning, decoding steps need a 2D attention_mask over the full (unpruned) sequence "
-                f"of length {full_past + q}, or none; got shape {tuple(mask.shape)}"
+                f"of length {full_past + q}, or none; got {got}"
             )
         new = mask[:, s.full_len :].to(s.mask.dtype)
         kwargs["attention_mask"] = torch.cat([s.mask, new], dim=1)
