@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: train a tokenizer briefly on the built-in synthetic scenes (~2 min on 2 CPU cores), then generate
+# Main job: train a tokenizer briefly on the built-in synthetic scenes (times in the README), then generate
 # images for four prompts with the text-to-image pipeline shipped in assets/pipeline.
 DEMO_PROMPTS := --prompt "a large red circle at the top left" \
 	--prompt "a small blue star at the center" \
@@ -71,7 +71,8 @@ $(OLD_STAMP): pyproject.toml constraints/oldest.txt
 # The pruning suite (the code that hooks into transformers), the bounds check, a smoke of the tokenizer,
 # quantizer and generator models, the transformers text encoders, the standard-size presets and the non-finite
 # guard (accelerate); `make test-oldest OLDEST_TESTS=tests` runs everything there.
-OLDEST_TESTS := tests/test_pruning_models.py tests/test_pruning_families.py tests/test_pruning_selection.py tests/test_toy_vlm.py \
+OLDEST_TESTS := tests/test_pruning_models.py tests/test_pruning_families.py tests/test_pruning_methods.py \
+	tests/test_pruning_selection.py tests/test_toy_vlm.py \
 	tests/test_dependencies.py tests/test_tokenizer_model.py tests/test_quantizers.py tests/test_generators.py \
 	tests/test_text_encoders.py tests/test_standard_sizes.py tests/test_nonfinite.py
 test-oldest: $(OLD_STAMP)

@@ -12,7 +12,8 @@ differs between families is data:
 - what else the decoder receives per visual token (Qwen3-VL's DeepStack features, one row per visual token, with the
   ``(B, L)`` mask saying where they are added), which must lose the rows of pruned tokens;
 - whether the outer model builds the decoder's attention mask itself (Gemma 3: a mask per layer type, with image
-  tokens attending to each other bidirectionally), which must then be rebuilt for the shortened sequence.
+  tokens attending to each other bidirectionally), which must then be rebuilt for the shortened sequence;
+- for video, the placeholder id and how a video's tokens split into frames (``per_frame`` budgets).
 
 A new family is a row of ``FAMILIES`` plus a test.
 """
@@ -24,11 +25,54 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers.masking_utils import create_masks_for_generate
 
 from . import compat
+
+# (outer config, video-token mask (B, L), the decoder's position ids) -> frame of each token (B, L), numbered over the
+# batch, -1 for tokens of no frame. Read from the prompt, not from the video inputs: generate() may encode the videos
+# before the first forward and hand the model only their features.
+VideoFrames = Callable[[object, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def _runs(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of each token of a ``(B, L)`` mask: the column where its run of True starts, and whether it ends a run."""
+    cols = torch.arange(video.shape[1], device=video.device).expand_as(video)
+    start = video & ~F.pad(video, (1, 0))[:, :-1]
+    end = video & ~F.pad(video, (0, 1))[:, 1:]
+    return torch.where(start, cols, 0).cummax(1).values, end
+
+
+def _numbered(starts: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Frame ids (numbered over the batch, row-major) from frame starts; -1 outside ``members``."""
+    return torch.where(members, starts.flatten().cumsum(0).view_as(starts) - 1, -1)
+
+
+def _qwen_video_frames(config, video: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """Qwen2/2.5/3-VL: a frame (temporal patch) is a ``h x w`` grid of M-RoPE positions; a new one starts where a
+    video token's (h, w) position is that of the first token of its run (Qwen3-VL: each frame is a run of its own)."""
+    if positions is None or positions.dim() != 3:
+        raise compat.TransformersCompatibilityError("the decoder received no M-RoPE position ids (3 or 4, B, L)")
+    hw = positions[-2:].to(video.device)  # (2, B, L); generate puts a text row first
+    first, _ = _runs(video)
+    return _numbered(video & (hw == hw.gather(2, first.expand_as(hw))).all(0), video)
+
+
+def _onevision_video_frames(config, video: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """LLaVA-OneVision: a run of video tokens is one video, its frames' pooled tokens (``ceil(S / 2)**2`` each for
+    ``S x S`` patches) frame after frame, then one image-newline token of no frame."""
+    side = -(-(config.vision_config.image_size // config.vision_config.patch_size) // 2)
+    first, end = _runs(video)
+    offset = torch.arange(video.shape[1], device=video.device) - first
+    if (offset[end] % (side * side)).any():
+        raise compat.TransformersCompatibilityError(
+            f"a LLaVA-OneVision video's tokens are not frames of {side * side} pooled tokens and a newline"
+        )
+    return _numbered(video & ~end & (offset % (side * side) == 0), video & ~end)
+
 
 # (text config, inputs_embeds (B, L, D), 2D mask (B, L_past + L), cache, position ids, outer per-token inputs
 # gathered with the tokens ({name: (B, L)} or {} while decoding)) -> the mask the decoder takes
@@ -57,7 +101,9 @@ class Family:
         name: short name (``handle.adapter.family.name``).
         classes: ``transformers`` class names, the ``*ForConditionalGeneration`` and the bare ``*Model``; names the
             installed release lacks are skipped.
-        token_ids: config attributes holding the visual placeholder token ids.
+        token_ids: config attributes holding the image placeholder token ids.
+        video_token: config attribute holding the video placeholder token id (its tokens are visual tokens too).
+        video_frames: splits the video tokens of a call into frames (for ``per_frame`` budgets).
         decoder: attribute of the outer model that is the decoder it calls.
         visual_rows: ``(rows, mask)`` pairs of decoder keywords: ``rows`` holds one row per visual token (a tensor
             ``(N_visual, D)`` or a list of them, in the row-major order of ``mask``) and ``mask`` ``(B, L)`` says
@@ -73,6 +119,8 @@ class Family:
     name: str
     classes: tuple[str, ...]
     token_ids: tuple[str, ...] = ("image_token_id",)
+    video_token: str | None = None
+    video_frames: VideoFrames | None = None
     decoder: str = "language_model"
     visual_rows: tuple[tuple[str, str], ...] = ()
     rows_layers: str | None = None
@@ -84,16 +132,23 @@ FAMILIES = (
     Family("llava", ("LlavaForConditionalGeneration", "LlavaModel")),
     # AnyRes: the image tokens are a base view and tiles, with image-newline embeddings among them (all prunable)
     Family("llava_next", ("LlavaNextForConditionalGeneration", "LlavaNextModel")),
-    Family("llava_onevision", ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel")),
+    Family(
+        "llava_onevision",
+        ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
+        video_token="video_token_id",
+        video_frames=_onevision_video_frames,
+    ),
     Family(
         "qwen2_vl",
         ("Qwen2VLForConditionalGeneration", "Qwen2VLModel"),
-        token_ids=("image_token_id", "video_token_id"),
+        video_token="video_token_id",
+        video_frames=_qwen_video_frames,
     ),
     Family(
         "qwen2_5_vl",
         ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
-        token_ids=("image_token_id", "video_token_id"),
+        video_token="video_token_id",
+        video_frames=_qwen_video_frames,
     ),
     Family(
         "qwen3_vl",
@@ -103,7 +158,8 @@ FAMILIES = (
             "Qwen3VLMoeForConditionalGeneration",
             "Qwen3VLMoeModel",
         ),
-        token_ids=("image_token_id", "video_token_id"),
+        video_token="video_token_id",
+        video_frames=_qwen_video_frames,
         visual_rows=(("deepstack_visual_embeds", "visual_pos_masks"),),
         rows_layers="vision_config.deepstack_visual_indexes",
     ),
@@ -144,6 +200,7 @@ class Adapter:
     outer: nn.Module
     language_model: nn.Module
     visual_token_ids: tuple[int, ...]
+    video_token_id: int | None = None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -153,18 +210,25 @@ class Adapter:
     def text_config(self):
         return self.language_model.config
 
-    def visual_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
-        """Positions of visual placeholder tokens ``(B, L)`` bool, from ``input_ids`` or, failing that, by matching
-        the placeholder embeddings (as the models themselves do)."""
+    def visual_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, tokens: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        """Positions of visual placeholder tokens (or of ``tokens``) ``(B, L)`` bool, from ``input_ids`` or, failing
+        that, by matching the placeholder embeddings (as the models themselves do)."""
+        tokens = self.visual_token_ids if tokens is None else tokens
         if input_ids is not None:
-            ids = torch.tensor(self.visual_token_ids, device=input_ids.device)
-            return torch.isin(input_ids, ids)
+            return torch.isin(input_ids, torch.tensor(tokens, device=input_ids.device))
         embed = self.outer.get_input_embeddings()
         mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
-        for token in self.visual_token_ids:
+        for token in tokens:
             ref = embed(torch.tensor(token, device=inputs_embeds.device)).to(inputs_embeds.dtype)
             mask |= (inputs_embeds == ref).all(-1)
         return mask
+
+    def video_frames(self, video: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Frame of each token ``(B, L)`` long (numbered over the batch), -1 for tokens of no frame, from the video
+        token mask ``(B, L)`` and the decoder's position ids (``Family.video_frames``)."""
+        return self.family.video_frames(self.outer.config, video, positions)
 
     def rows_depth(self) -> int:
         """How many first decoder layers get ``visual_rows`` added to their outputs (0 for most families)."""
@@ -187,4 +251,6 @@ def adapter_for(model: nn.Module) -> Adapter:
         )
     outer = model.model if hasattr(model, "lm_head") else model
     ids = tuple(getattr(outer.config, attr) for attr in family.token_ids)
-    return Adapter(family, outer, getattr(outer, family.decoder), ids)
+    video = getattr(outer.config, family.video_token) if family.video_token else None
+    visual = ids if video is None else (*ids, video)
+    return Adapter(family, outer, getattr(outer, family.decoder), visual, video)

@@ -19,7 +19,7 @@ import torch
 import transformers
 from torch import nn
 from transformers import Cache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 # The range the test suite has passed on (make test: newest; make test-oldest: oldest). Keep in step with
 # pyproject.toml and the Makefile's OLDEST_TRANSFORMERS.
@@ -89,19 +89,35 @@ def cache_parameter(fn: Callable, what: str = "") -> str:
     return name
 
 
+# The mask builder of each decoder layer type (``config.layer_types``) that in-decoder stages can rebuild.
+LAYER_MASKS: dict[str, Callable] = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
 @functools.cache
-def _mask_cache_parameter() -> str:
-    return cache_parameter(create_causal_mask, "create_causal_mask")
+def _mask_cache_parameter(build: Callable) -> str:
+    return cache_parameter(build, build.__name__)
 
 
-def causal_mask(config, hidden: torch.Tensor, mask2d: torch.Tensor, cache: Cache | None, layer_idx: int):
-    """``create_causal_mask`` for one layer's (possibly shorter) keys, with the cache under the name it takes."""
-    return create_causal_mask(
+def causal_mask(
+    config,
+    hidden: torch.Tensor,
+    mask2d: torch.Tensor,
+    cache: Cache | None,
+    layer_idx: int,
+    layer_type: str = "full_attention",
+):
+    """The mask of one layer of type ``layer_type`` (``LAYER_MASKS``) for its (possibly shorter) keys, sized by that
+    layer's cache, which is passed under the name the builder takes."""
+    build = LAYER_MASKS[layer_type]
+    return build(
         config=config,
         inputs_embeds=hidden,
         attention_mask=mask2d,
         layer_idx=layer_idx,
-        **{_mask_cache_parameter(): cache},
+        **{_mask_cache_parameter(build): cache},
     )
 
 
@@ -128,7 +144,7 @@ def check_interfaces(decoder: nn.Module, layers: nn.ModuleList | None) -> None:
     checks = [(decoder.forward, f"{type(decoder).__name__}.forward", _DECODER_ARGS)]
     if layers is not None:
         checks.append((layers[0].forward, f"{type(layers[0]).__name__}.forward", _LAYER_ARGS))
-        checks.append((create_causal_mask, "create_causal_mask", _MASK_ARGS))
+        checks += [(build, build.__name__, _MASK_ARGS) for build in LAYER_MASKS.values()]
     for fn, what, needed in checks:
         missing = [n for n in needed if n not in _parameters(fn)]
         if missing:

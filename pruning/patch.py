@@ -7,8 +7,10 @@ How it works (no class or global patching; only hooks on this instance's modules
   position ids of the *full* sequence (M-RoPE for Qwen, computed by the model before anything is removed). At prefill
   it selects visual tokens per sample, drops the others together with any padding, re-pads on the left and gathers
   embeddings, mask and position ids, so every kept token keeps its original position.
-- Pre-hooks on decoder layers ``layer..end`` (ToDRE, FastV) score visual tokens by the last token's attention,
-  recomputed from the check layer's Q/K, and remove the least relevant ones (and so their KV) from that layer on.
+- Pre-hooks on decoder layers ``layer..end`` (ToDRE, FastV) apply the method's in-decoder decision, made from one
+  layer's attention recomputed from its Q/K (``layer``; FastV: the layer before it), and remove the visual tokens it
+  drops (and so their KV) from that layer on.
+- For a [CLS] pivot (``todre``), hooks on the vision tower record the [CLS] attention (``pruning.pivot``).
 - While decoding on the same cache, callers keep passing full-length masks and positions (as ``generate()`` does);
   the hooks translate the mask to the shorter cache, and positions the model would infer from the cache length are
   shifted by the number of removed tokens. For Qwen the model's ``rope_deltas`` stay those of the full sequence, and a
@@ -27,10 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from . import compat
-from .adapters import Adapter, adapter_for
+from .adapters import FAMILIES, Adapter, adapter_for
 from .methods import PruningMethod
-from .relevance import last_token_attention
-from .selection import indices_to_mask, topk_importance
+from .pivot import ClsAttention
 
 
 @dataclass
@@ -44,6 +45,8 @@ class PruneRecord:
         visual_tokens: ``(B,)`` visual tokens per sample before pruning.
         kept_before_llm: ``(B,)`` visual tokens per sample at the decoder input.
         kept_in_decoder: ``(B,)`` visual tokens per sample after the in-decoder stage, or None without one.
+        kept_in_decoder_index: ``(B, L_layer)`` column in the decoder's input (``kept_index``'s columns) of each token
+            kept from the in-decoder stage's layer on, -1 for new left padding; None without that stage.
     """
 
     kept_index: torch.Tensor
@@ -52,6 +55,7 @@ class PruneRecord:
     visual_tokens: torch.Tensor
     kept_before_llm: torch.Tensor
     kept_in_decoder: torch.Tensor | None = None
+    kept_in_decoder_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -104,9 +108,12 @@ class PruningHandle:
         self.last: PruneRecord | None = None
         self._session: _Session | None = None
         self._visual: torch.Tensor | None = None  # visual flags of the current outer call
+        self._video: torch.Tensor | None = None  # video-token flags of the current outer call (per_frame)
         self._outer_cache = None  # the cache the current outer call received; the decoder must receive it too
         self._outer_mask: tuple | None = None  # (2D mask, mask inputs) taken from an outer model that builds masks
         self._step: dict | None = None  # per-forward state shared by the layer hooks
+        types = getattr(adapter.text_config, "layer_types", None) or ["full_attention"] * len(adapter.layers)
+        self._layer_types: tuple[str, ...] = tuple(types)
         self._hooks = []
         model._pruning_handle = self  # marks the instance so that a second patch is refused
         if method.active:
@@ -116,13 +123,21 @@ class PruningHandle:
             for idx in range(self.layer, len(adapter.layers)):
                 hook = self._make_layer_hook(idx)
                 self._hooks.append(adapter.layers[idx].register_forward_pre_hook(hook, with_kwargs=True))
+            scoring = method.scoring_layer(len(adapter.layers))
+            if scoring < self.layer:  # FastV: layer K-1's attention ranks the tokens removed at the input of layer K
+                hook = adapter.layers[scoring].register_forward_pre_hook(self._score_early, with_kwargs=True)
+                self._hooks.append(hook)
+        self._cls = ClsAttention.attach(adapter.outer) if method.needs_cls_attention else None
+        if self._cls is not None:
+            self._hooks.extend(self._cls.hooks)
 
     def remove(self) -> None:
         """Detach all hooks and drop the pruning state."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._session = self._visual = self._step = self._outer_cache = self._outer_mask = None
+        self._cls = None
+        self._session = self._visual = self._video = self._step = self._outer_cache = self._outer_mask = None
         if getattr(self.model, "_pruning_handle", None) is self:
             del self.model._pruning_handle
 
@@ -153,7 +168,7 @@ class PruningHandle:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         cache = compat.cache_from(kwargs)
-        self._visual = self._outer_mask = None
+        self._visual = self._video = self._outer_mask = None
         self._outer_cache = cache
         if self._continuing(cache):
             if kwargs.get("attention_mask") is None:
@@ -166,6 +181,8 @@ class PruningHandle:
             self._take_outer_mask(kwargs, {})
         elif cache is None or cache.get_seq_length() == 0:
             self._visual = self.adapter.visual_mask(input_ids, embeds)
+            if self.method.per_frame:
+                self._video = self.adapter.visual_mask(input_ids, embeds, (self.adapter.video_token_id,))
             if self._visual.any():
                 self._take_outer_mask(kwargs, {name: kwargs.get(name) for name in self.adapter.family.mask_inputs})
         return args, kwargs
@@ -193,11 +210,11 @@ class PruningHandle:
         if self._continuing(cache):
             kwargs, mask_inputs = self._continue(kwargs, cache), {}
         else:
-            visual, self._visual = self._visual, None
+            (visual, video), self._visual, self._video = (self._visual, self._video), None, None
             if visual is None or not visual.any():
                 self._session = None
                 return args, kwargs
-            kwargs, mask_inputs = self._prefill(kwargs, visual, cache, taken[1] if taken is not None else {})
+            kwargs, mask_inputs = self._prefill(kwargs, visual, video, cache, taken[1] if taken is not None else {})
         if taken is not None:
             kwargs["attention_mask"] = self.adapter.decoder_mask(
                 kwargs["inputs_embeds"], kwargs["attention_mask"], cache, kwargs.get("position_ids"), mask_inputs
@@ -240,8 +257,11 @@ class PruningHandle:
 
     # ---- prefill ---------------------------------------------------------------------------------------------
 
-    def _prefill(self, kwargs: dict, visual: torch.Tensor, cache, mask_inputs: dict) -> tuple[dict, dict]:
-        """Shorten the decoder's inputs; returns them and ``mask_inputs`` gathered the same way."""
+    def _prefill(
+        self, kwargs: dict, visual: torch.Tensor, video: torch.Tensor | None, cache, mask_inputs: dict
+    ) -> tuple[dict, dict]:
+        """Shorten the decoder's inputs; returns them and ``mask_inputs`` gathered the same way. ``video``: the
+        video-token flags ``(B, L)`` when budgets are per frame."""
         embeds = kwargs["inputs_embeds"]
         b, n = embeds.shape[:2]
         mask = kwargs.get("attention_mask")
@@ -257,8 +277,11 @@ class PruningHandle:
             positions = torch.arange(n, device=embeds.device).unsqueeze(0).expand(b, -1)
 
         keep = real.clone()
+        frames = None
+        if video is not None and video.any():
+            frames = self.adapter.video_frames(video.to(embeds.device), kwargs.get("position_ids"))
         if self.method.prunes_before_llm:
-            keep &= ~visual | self._select_visual(embeds, visual, real)
+            keep &= ~visual | self._select_visual(embeds, visual, real, frames)
         src, valid = _compact(keep)
         new_mask = valid.to(mask.dtype)
         kwargs["inputs_embeds"] = _gather_tokens(embeds, src)
@@ -284,7 +307,7 @@ class PruningHandle:
             kept_before_llm=kept_visual.sum(1),
         )
         if self.layer is not None:
-            self._step = {"prefill": True}
+            self._step = {"prefill": True, "mask_inputs": mask_inputs}
         return kwargs, mask_inputs
 
     def _gather_visual_rows(self, kwargs: dict, src: torch.Tensor, valid: torch.Tensor) -> None:
@@ -303,23 +326,37 @@ class PruningHandle:
                 kwargs[rows_name] = [r[index.to(r.device)] for r in rows]
             kwargs[where_name] = kept
 
-    def _select_visual(self, embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Stage 1 on each sample's visual embeddings; returns the kept visual positions ``(B, L)`` bool."""
-        n = embeds.shape[1]
-        src, valid = _compact(visual)  # visual tokens of each sample, left-padded: (B, N)
-        shift = (~valid).sum(1, keepdim=True)
-        features = _gather_tokens(embeds, src)
-        # right-align -> left-align so that the selectors' padding sits at the end
-        order = (torch.arange(src.shape[1], device=src.device)[None] + shift) % src.shape[1]
-        features = _gather_tokens(features, order)
-        src, valid = src.gather(1, order), valid.gather(1, order)
+    def _select_visual(
+        self, embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor, frames: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Stage 1 on each sample's visual embeddings or, with ``frames`` ``(B, L)`` (per_frame), on each video frame
+        and on each sample's other visual tokens; returns the kept visual positions ``(B, L)`` bool."""
+        b, n = visual.shape
+        group = torch.arange(b, device=visual.device)[:, None].expand(b, n)  # one selection per sample
+        if frames is not None:
+            frames = frames.to(visual.device)
+            group = torch.where(frames >= 0, frames + b, group)  # one per frame; the rest of a sample stays one
+        flat = torch.where(visual, group, -1).flatten()
+        pos = (flat >= 0).nonzero().squeeze(1)  # visual tokens in row-major order
+        _, group = torch.unique(flat[pos], return_inverse=True)  # groups numbered 0..G-1
+        order = torch.argsort(group, stable=True)
+        pos, group = pos[order], group[order]
+        counts = torch.bincount(group)
+        slot = torch.arange(len(pos), device=pos.device) - (counts.cumsum(0) - counts)[group]
+        src = torch.full((len(counts), int(counts.max())), -1, dtype=torch.long, device=pos.device)
+        src[group, slot] = pos  # each group's tokens in original order, padding at the end: (G, N)
+        valid = src >= 0
+        features = embeds.flatten(0, 1)[src.clamp(min=0)]
         text = None
         if self.method.importance == "text":
             prompt = (real & ~visual).unsqueeze(-1).to(embeds.dtype)
-            text = (embeds * prompt).sum(1) / prompt.sum(1).clamp(min=1)
-        picked = self.method.select_before_llm(features, valid, text)  # (B, K) into the visual list
-        columns = torch.where(picked >= 0, src.gather(1, picked.clamp(min=0)), -1)
-        return indices_to_mask(columns, n)
+            text = ((embeds * prompt).sum(1) / prompt.sum(1).clamp(min=1))[src[:, 0] // n]
+        cls = self._cls.scores(features, valid) if self._cls is not None else None
+        picked = self.method.select_before_llm(features, valid, text, cls)  # (G, K) into each group's tokens
+        columns = src.gather(1, picked.clamp(min=0))[picked >= 0]
+        keep = torch.zeros(b * n, dtype=torch.bool, device=visual.device)
+        keep[columns] = True
+        return keep.view(b, n)
 
     # ---- in-decoder stage ------------------------------------------------------------------------------------
 
@@ -335,39 +372,68 @@ class PruningHandle:
                 else:
                     hidden = args[0] if args else kwargs["hidden_states"]
                     mask2d = torch.cat([self._session.layer_mask, step["new_mask"]], dim=1)
-                    step["attention_mask"] = self._layer_attention_mask(hidden, mask2d, kwargs)
-            for key in ("attention_mask", "position_embeddings", "position_ids"):
-                if key in step:
-                    kwargs[key] = step[key]
+                    step["masks"] = self._layer_masks(hidden, mask2d, compat.cache_from(kwargs))
+            kwargs["attention_mask"] = step["masks"][self._layer_types[idx]]
+            if "src" in step:  # prefill: this layer's rotary embeddings (one pair per layer type) of the kept tokens
+                cos, sin = kwargs["position_embeddings"]
+                kwargs["position_embeddings"] = (_gather_tokens(cos, step["src"]), _gather_tokens(sin, step["src"]))
+            if "position_ids" in step:
+                kwargs["position_ids"] = step["position_ids"]
             return args, kwargs
 
         return hook
 
+    def _score_early(self, module, args, kwargs):
+        """At prefill, the in-decoder stage's decision from this (earlier) layer's attention, applied at ``layer``."""
+        if self._step is not None and self._step.get("prefill"):
+            compat.check_layer_call(self.layer - 1, kwargs)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            s = self._session
+            self._step["keep"] = self.method.keep_in_decoder(
+                module, hidden, kwargs["position_embeddings"], s.mask.bool(), s.visual
+            )
+
     def _prune_at_layer(self, layer, args, kwargs):
         s = self._session
+        step = self._step
         hidden = args[0] if args else kwargs.pop("hidden_states")
         real = s.mask.bool()
-        attn = last_token_attention(layer, hidden, kwargs["position_embeddings"], real)
         visual = s.visual
-        share = (attn * visual).sum(1)
-        budget = self.method.decoder_budget(visual.sum(1), share)
-        picked = topk_importance(attn, budget, visual)
-        keep = real & (~visual | indices_to_mask(picked, hidden.shape[1]))
-        src, valid = _compact(keep)
+        kept = step.pop("keep", None)
+        if kept is None:
+            kept = self.method.keep_in_decoder(layer, hidden, kwargs["position_embeddings"], real, visual)
+        src, valid = _compact(real & (~visual | kept))
         hidden = _gather_tokens(hidden, src)
-        cos, sin = kwargs["position_embeddings"]
-        step = self._step
-        step["position_embeddings"] = (_gather_tokens(cos, src), _gather_tokens(sin, src))
+        step["src"] = src
         if kwargs.get("position_ids") is not None:
             step["position_ids"] = _gather_positions(kwargs["position_ids"], src)
         s.layer_mask = valid.to(s.mask.dtype)
-        step["attention_mask"] = self._layer_attention_mask(hidden, s.layer_mask, kwargs)
+        inputs = {k: torch.where(valid, v.gather(1, src), 0) for k, v in step["mask_inputs"].items()}
+        cache = compat.cache_from(kwargs)
+        step["masks"] = self._layer_masks(hidden, s.layer_mask, cache, step.get("position_ids"), inputs)
         self.last.kept_in_decoder = (visual.gather(1, src) & valid).sum(1)
+        self.last.kept_in_decoder_index = torch.where(valid, src, -1)
         return (hidden, *args[1:]), kwargs
 
-    def _layer_attention_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, kwargs: dict):
-        """The mask the model would build for this layer's (shorter) keys, in its attention implementation's form."""
-        return compat.causal_mask(self.adapter.text_config, hidden, mask2d, compat.cache_from(kwargs), self.layer)
+    def _layer_masks(
+        self,
+        hidden: torch.Tensor,
+        mask2d: torch.Tensor,
+        cache,
+        position_ids: torch.Tensor | None = None,
+        mask_inputs: dict | None = None,
+    ) -> dict:
+        """The masks of layers ``layer..end`` for their (shorter) keys, by layer type, in the attention
+        implementation's form. Each is sized by the cache of the first such layer of its type (layers before
+        ``layer`` cache more tokens). At prefill, a family that builds its own masks (Gemma 3's bidirectional image
+        blocks) builds them from the kept tokens' ``mask_inputs``, with no cache: these layers have cached nothing."""
+        if mask_inputs is not None and self.adapter.family.mask_builder is not None:
+            return self.adapter.decoder_mask(hidden, mask2d, None, position_ids, mask_inputs)
+        first: dict[str, int] = {}
+        for idx in range(self.layer, len(self._layer_types)):
+            first.setdefault(self._layer_types[idx], idx)
+        config = self.adapter.text_config
+        return {kind: compat.causal_mask(config, hidden, mask2d, cache, idx, kind) for kind, idx in first.items()}
 
 
 def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: float = 0.25, **method_kwargs):
@@ -376,11 +442,12 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     Args:
         model: a model of a supported family (``pruning.SUPPORTED_MODELS``: LLaVA, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
             Gemma 3, …; the ``*ForConditionalGeneration`` or the bare ``*Model``).
-        method: one of ``pruning.METHODS``: ``"todre"``, ``"idpruner"``, ``"random"``, ``"importance"``,
-            ``"divprune"``, ``"fastv"``.
+        method: one of ``pruning.METHODS``: ``"todre"``, ``"todre-maxmin"``, ``"idpruner"``, ``"random"``,
+            ``"importance"``, ``"divprune"``, ``"fastv"``.
         keep_ratio: fraction of visual tokens kept, in (0, 1]; 1.0 leaves the model's outputs unchanged.
-        **method_kwargs: options of ``pruning.PruningMethod`` (``importance``, ``mmr_lambda``, ``diversity``,
-            ``layer``, ``relevance_keep``, ``relevance_threshold``, ``seed``).
+        **method_kwargs: options of ``pruning.PruningMethod`` (``importance``, ``pivot``, ``mmr_lambda``, ``diversity``,
+            ``layer``, ``relevance_keep``, ``relevance_threshold``, ``seed``, ``per_frame``: one budget per video
+            frame).
 
     Returns:
         ``PruningHandle``; ``handle.last`` describes the latest pruned prefill.
@@ -388,9 +455,10 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     Notes:
         Works with batches (different numbers of images or visual tokens per sample: each sample is pruned on its
         own and re-padded on the left), SDPA/eager attention and ``generate()`` with a ``DynamicCache``. In-decoder
-        stages (``todre``, ``fastv``) recompute one layer's attention from Q/K, so they need no eager attention, but
-        they need a cache whose layers may hold different lengths (``DynamicCache``). Outputs (logits, hidden states)
-        cover the shortened sequence; the pruned model is meant for inference, not for training with ``labels``.
+        stages (``todre``, ``todre-maxmin``, ``fastv``) recompute one layer's attention from Q/K, so they need no
+        eager attention, but they need a cache whose layers may hold different lengths (``DynamicCache``). Outputs
+        (logits, hidden states) cover the shortened sequence; the pruned model is meant for inference, not for
+        training with ``labels``.
     """
     spec = PruningMethod.create(method, keep_ratio, **method_kwargs)
     adapter = adapter_for(model)
@@ -398,13 +466,22 @@ def apply_pruning(model: torch.nn.Module, method: str = "idpruner", keep_ratio: 
     compat.check_interfaces(adapter.language_model, adapter.layers if spec.prunes_in_decoder else None)
     if getattr(model, "_pruning_handle", None) is not None:
         raise ValueError("this model is already patched; call remove() on its current handle first")
+    if spec.per_frame and spec.row.before_llm is None:
+        raise ValueError(f"per_frame sets the budgets of the selection before the LLM, which {method!r} does not have")
+    if spec.per_frame and adapter.family.video_frames is None:
+        with_video = sorted(f.name for f in FAMILIES if f.video_frames is not None)
+        raise ValueError(
+            f"per_frame needs a family whose videos split into frames ({', '.join(with_video)}), not "
+            f"{adapter.family.name}"
+        )
     if spec.prunes_in_decoder:
-        if adapter.family.mask_builder is not None:
-            # the layer hooks rebuild a plain causal mask, not the family's own (e.g. Gemma 3's image blocks)
-            raise ValueError(f"{method!r} prunes inside the decoder, which {adapter.family.name} models do not support")
-        types = getattr(adapter.text_config, "layer_types", None) or []
-        if any(t != "full_attention" for t in types):
-            raise ValueError(f"{method!r} supports decoders with full attention in every layer only")
+        types = set(getattr(adapter.text_config, "layer_types", None) or ()) - set(compat.LAYER_MASKS)
+        if types:
+            # the layer hooks rebuild each layer type's mask for the shortened sequence
+            raise ValueError(
+                f"{method!r} prunes inside the decoder, which supports layers of types {', '.join(compat.LAYER_MASKS)}"
+                f", not {', '.join(sorted(types))}"
+            )
         layer, depth = spec.decoder_layer(len(adapter.layers)), adapter.rows_depth()
         if layer < depth:
             raise ValueError(

@@ -98,6 +98,42 @@ def _unit(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=-1)
 
 
+# Above this many entries per batch (fp32: 1 GiB) the greedy loops never compute the whole similarity matrix, so that
+# very long visual sequences (video) still fit in memory.
+MATRIX_LIMIT = 1 << 28
+# Features of at least this many entries per batch (fp32: 4 MiB) do not stay in cache: a matrix-vector product per pick
+# is then memory-bound, and one matmul is cheaper even when few tokens are picked.
+CACHED_FEATURES = 1 << 20
+
+
+def _use_matrix(b: int, n: int, d: int, picks: int) -> bool:
+    """Whether greedy selection computes the whole ``(B, N, N)`` similarity matrix once (``B·N²·D`` multiply-adds in
+    one matmul) rather than one row per pick (``picks·B·N·D`` in ``picks`` memory-bound matrix-vector products)."""
+    if b * n * n > MATRIX_LIMIT:
+        return False
+    return picks * 8 >= n or b * n * d >= CACHED_FEATURES
+
+
+class _Similarity:
+    """Rows of the cosine-similarity matrix of unit features ``(B, N, D)``: gathered from the whole matrix, computed
+    once, or computed one per pick (``_use_matrix``); both give the same values."""
+
+    def __init__(self, unit: torch.Tensor, picks: int, matrix: torch.Tensor | None = None) -> None:
+        b, n, d = unit.shape
+        if matrix is None and _use_matrix(b, n, d, picks):
+            matrix = unit @ unit.transpose(1, 2)
+        self.unit, self.matrix = unit, matrix
+        self.offset = torch.arange(b, device=unit.device) * n  # flat row of each sample's token 0
+
+    def row(self, pick: torch.Tensor) -> torch.Tensor:
+        """Similarity of every token to each sample's ``pick`` ``(B,)`` -> ``(B, N)``."""
+        flat = self.offset + pick
+        if self.matrix is not None:
+            return self.matrix.flatten(0, 1).index_select(0, flat)
+        chosen = self.unit.flatten(0, 1).index_select(0, flat)  # (B, D)
+        return (self.unit @ chosen.unsqueeze(-1)).squeeze(-1)
+
+
 def k_center(
     features: torch.Tensor,
     k: int | torch.Tensor,
@@ -108,8 +144,9 @@ def k_center(
     """Greedy diversity selection seeded by a pivot (ToDRE stage 1). features ``(B, N, D)`` -> ``(B, K)``.
 
     The pivot is the most important token (``importance`` ``(B, N)``; default: similarity to the mean feature).
-    ``objective="max_min"`` (greedy k-center) then adds the token whose highest cosine similarity to the chosen set is
-    lowest; ``"max_sum"`` adds the token whose summed cosine similarity to the chosen set is lowest.
+    ``objective="max_min"`` (greedy k-center, ToDRE v1) then adds the token whose highest cosine similarity to the
+    chosen set is lowest; ``"max_sum"`` (ToDRE v2) adds the token whose summed cosine similarity to the chosen set is
+    lowest (a running sum, so each pick costs O(N)).
     """
     if objective not in ("max_min", "max_sum"):
         raise ValueError(f'unknown k-center objective {objective!r}; accepted: "max_min", "max_sum"')
@@ -117,8 +154,9 @@ def k_center(
     if importance is None:
         importance = importance_scores(features, "mean", valid)
     first = importance.float().masked_fill(~valid, float("-inf")).argmax(1)
-    combine = torch.maximum if objective == "max_min" else torch.add
-    return _farthest_first(_unit(features), first, _budgets(k, valid), valid, combine)
+    budgets = _budgets(k, valid)
+    sim = _Similarity(_unit(features), _most(budgets))
+    return _farthest_first(sim, first, budgets, valid, objective == "max_min")
 
 
 def max_min_diversity(features: torch.Tensor, k: int | torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,26 +172,38 @@ def max_min_diversity(features: torch.Tensor, k: int | torch.Tensor, mask: torch
     pair_ok &= ~torch.eye(sim.shape[1], dtype=torch.bool, device=sim.device)
     nearest = sim.masked_fill(~pair_ok, float("-inf")).max(2).values  # similarity to the nearest neighbour
     first = nearest.masked_fill(~valid, float("inf")).argmin(1)
-    return _farthest_first(unit, first, _budgets(k, valid), valid, torch.maximum)
+    budgets = _budgets(k, valid)
+    return _farthest_first(_Similarity(unit, _most(budgets), sim), first, budgets, valid, True)
 
 
 def _farthest_first(
-    unit: torch.Tensor, first: torch.Tensor, budgets: torch.Tensor, valid: torch.Tensor, combine
+    sim: _Similarity, first: torch.Tensor, budgets: torch.Tensor, valid: torch.Tensor, max_min: bool
 ) -> torch.Tensor:
-    """Greedy picks minimising a running similarity-to-selected statistic (max or sum, per ``combine``)."""
-    b, n, _ = unit.shape
-    kmax = int(budgets.max()) if b else 0
-    rows = torch.arange(b, device=unit.device)
-    picks = torch.zeros(b, max(kmax, 1), dtype=torch.long, device=unit.device)
-    taken = ~valid.clone()
-    stat = torch.full((b, n), float("-inf") if combine is torch.maximum else 0.0, device=unit.device)
-    pick = first
-    for step in range(kmax):
-        picks[:, step] = pick
-        taken[rows, pick] = True
-        stat = combine(stat, (unit @ unit[rows, pick].unsqueeze(-1)).squeeze(-1))
-        pick = stat.masked_fill(taken, float("inf")).argmin(1)
-    return _finish(picks[:, :kmax], budgets, n)
+    """Greedy picks minimising the running max (``max_min``) or sum of the similarity to the chosen set."""
+    b, n = valid.shape
+    kmax = _most(budgets)
+    inf = torch.tensor(float("inf"), device=valid.device)
+    # +inf marks tokens that may not be picked (padding, already chosen); it survives max and sum, so no mask per pick
+    stat = torch.where(valid, float("-inf") if max_min else 0.0, inf)
+    picks, pick = [], first
+    for _ in range(kmax):
+        picks.append(pick)
+        row = sim.row(pick)
+        if max_min:
+            torch.maximum(stat, row, out=stat)
+        else:
+            stat.add_(row)
+        stat.scatter_(1, pick.unsqueeze(1), inf.expand(b, 1))
+        pick = stat.argmin(1)
+    return _finish(_stack(picks, b, valid.device), budgets, n)
+
+
+def _most(budgets: torch.Tensor) -> int:
+    return int(budgets.max()) if budgets.numel() else 0
+
+
+def _stack(picks: list[torch.Tensor], b: int, device: torch.device) -> torch.Tensor:
+    return torch.stack(picks, 1) if picks else torch.zeros(b, 0, dtype=torch.long, device=device)
 
 
 def mmr(
@@ -167,7 +217,7 @@ def mmr(
 
     Importance is min–max normalised per sample to [0, 1]. The first pick is the most important token; each next pick
     maximises ``lam * importance - (1 - lam) * max cosine similarity to the chosen set``. A running max-similarity
-    vector keeps the cost at O(K·N·D).
+    vector keeps each pick at O(N) once the similarity matrix is computed.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
@@ -177,19 +227,20 @@ def mmr(
     lo = imp.masked_fill(~valid, float("inf")).min(1, keepdim=True).values
     hi = imp.masked_fill(~valid, float("-inf")).max(1, keepdim=True).values
     imp = (imp - lo) / (hi - lo).clamp(min=1e-12)
-    unit = _unit(features)
-    b, n, _ = unit.shape
-    kmax = int(budgets.max()) if b else 0
-    rows = torch.arange(b, device=unit.device)
-    picks = torch.zeros(b, max(kmax, 1), dtype=torch.long, device=unit.device)
-    taken = ~valid.clone()
-    max_sim = torch.zeros(b, n, device=unit.device)  # only read after the first pick
-    pick = imp.masked_fill(~valid, float("-inf")).argmax(1)
-    for step in range(kmax):
-        picks[:, step] = pick
-        taken[rows, pick] = True
-        sim = (unit @ unit[rows, pick].unsqueeze(-1)).squeeze(-1)
-        max_sim = sim if step == 0 else torch.maximum(max_sim, sim)
-        gain = lam * imp - (1.0 - lam) * max_sim
-        pick = gain.masked_fill(taken, float("-inf")).argmax(1)
-    return _finish(picks[:, :kmax], budgets, n)
+    b, n = valid.shape
+    kmax = _most(budgets)
+    sim = _Similarity(_unit(features), kmax)
+    minus_inf = torch.tensor(float("-inf"), device=valid.device)
+    # the importance term once; -inf marks tokens that may not be picked (padding, already chosen)
+    relevance = (lam * imp).masked_fill(~valid, float("-inf"))
+    max_sim = torch.full((b, n), float("-inf"), device=valid.device)
+    gain = torch.empty_like(max_sim)
+    picks, pick = [], imp.masked_fill(~valid, float("-inf")).argmax(1)
+    for _ in range(kmax):
+        picks.append(pick)
+        torch.maximum(max_sim, sim.row(pick), out=max_sim)
+        relevance.scatter_(1, pick.unsqueeze(1), minus_inf.expand(b, 1))
+        torch.mul(max_sim, 1.0 - lam, out=gain)
+        torch.sub(relevance, gain, out=gain)
+        pick = gain.argmax(1)
+    return _finish(_stack(picks, b, valid.device), budgets, n)

@@ -5,7 +5,8 @@ The scene data is an argument (any sequence of dicts with ``"image"`` ``(3, H, W
 ``tokenizers_vis.data.SyntheticScenes``) together with the attribute names (``SceneVocab``), so ``pruning`` keeps
 depending on torch and transformers only.
 
-Prompts are ``<bos> <image>×N question ?``; the answer is one word followed by ``<eos>``.
+Prompts are ``<bos> <image>×N question ?``; the answer is one word followed by ``<eos>``. Training packs several
+questions after one copy of an image's visual tokens (``pack_questions``), which the decoder's cost is dominated by.
 """
 
 from __future__ import annotations
@@ -252,6 +253,57 @@ def token_targets(labels: torch.Tensor, vocab: SceneVocab, grid: int) -> torch.T
 # ---- training ----------------------------------------------------------------------------------------------------
 
 
+def pack_questions(
+    tokenizer: PreTrainedTokenizerFast, num_image_tokens: int, items: Sequence[Sequence[VQAItem]]
+) -> dict[str, torch.Tensor]:
+    """A packed training batch: per image ``<bos> <image>×N`` once, then each of its questions with its answer.
+
+    A 4D mask lets every question segment see the prefix and itself only, and its position ids continue right after
+    the prefix, so each segment is exactly the single-question prompt of ``encode`` (RoPE is relative, left padding
+    only shifts it) while the image is encoded, and its visual tokens run through the decoder, once per image.
+
+    Returns ``input_ids`` / ``position_ids`` ``(B, L)``, ``attention_mask`` ``(B, 1, L, L)`` (bool, True = attend),
+    ``target_index`` / ``target`` ``(B, 2K)``: where the answer and its ``<eos>`` are predicted and what (-100 = none).
+    """
+    prefix = 1 + num_image_tokens
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    segments = [
+        [tokenizer(f"{it.question} {it.answer}", add_special_tokens=False).input_ids for it in row] for row in items
+    ]
+    length = prefix + max(sum(len(t) for t in row) for row in segments)
+    rows = len(items)
+    max_targets = 2 * max(len(row) for row in items)
+    input_ids = torch.full((rows, length), pad, dtype=torch.long)
+    input_ids[:, 0] = tokenizer.bos_token_id
+    input_ids[:, 1:prefix] = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    position_ids = torch.arange(length).repeat(rows, 1)
+    segment = torch.full((rows, length), -1, dtype=torch.long)  # 0 = prefix, j = question j, -1 = padding
+    segment[:, :prefix] = 0
+    target_index = torch.zeros((rows, max_targets), dtype=torch.long)
+    target = torch.full((rows, max_targets), -100, dtype=torch.long)
+    for b, row in enumerate(segments):
+        start = prefix
+        for j, ids in enumerate(row):
+            end = start + len(ids)
+            input_ids[b, start:end] = torch.tensor(ids)
+            position_ids[b, start:end] = torch.arange(prefix, prefix + len(ids))
+            segment[b, start:end] = j + 1
+            # the last question token predicts the answer, the answer predicts <eos>
+            target_index[b, 2 * j : 2 * j + 2] = torch.tensor([end - 2, end - 1])
+            target[b, 2 * j : 2 * j + 2] = torch.tensor([ids[-1], eos])
+            start = end
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    key, query = segment[:, None, :], segment[:, :, None]
+    mask = causal & ((key == 0) | (key == query))  # padding rows see the prefix only, so no row is empty
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask[:, None],
+        "target_index": target_index,
+        "target": target,
+    }
+
+
 def train(
     model: LlavaForConditionalGeneration,
     tokenizer: PreTrainedTokenizerFast,
@@ -259,6 +311,7 @@ def train(
     vocab: SceneVocab,
     steps: int = 1000,
     batch_size: int = 32,
+    questions_per_image: int = 1,
     lr: float = 2e-3,
     warmup: int = 50,
     seed: int = 0,
@@ -267,21 +320,29 @@ def train(
     time_limit: float | None = None,
     log: Callable[[int, float], None] | None = None,
 ) -> int:
-    """AdamW + cosine decay on answer and ``<eos>`` cross-entropy; one random question per drawn scene.
+    """AdamW + cosine decay on answer and ``<eos>`` cross-entropy; ``questions_per_image`` random questions per
+    drawn scene, packed after one copy of its visual tokens (``pack_questions``).
 
     An auxiliary grounding loss (weight ``grounding_weight``; linear heads on the projected visual tokens predict the
     shape, colour and cell of the object a token sees, ``token_targets``) makes the visual tokens informative from
     the first steps; without it the decoder sits for many hundred steps on the answer prior. The heads are discarded.
     With ``time_limit`` (seconds) the cosine schedule follows elapsed time too and training stops when it is spent.
-    Returns the steps run.
+    ``autocast`` runs the forward in bfloat16 on the model's device type. Returns the steps run.
     """
     rng = random.Random(seed)
     n_img = num_image_tokens(model)
     dim = model.config.text_config.hidden_size
+    device = model.device
     classes = (len(vocab.shapes), len(vocab.colors), len(vocab.positions))
-    heads = torch.nn.ModuleList(torch.nn.Linear(dim, c) for c in classes)
+    heads = torch.nn.ModuleList(torch.nn.Linear(dim, c) for c in classes).to(device)
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    # the projected visual tokens, caught at the projector: the output field that carries them differs between
+    # transformers releases (image_hidden_states, image_outputs)
+    projected: list[torch.Tensor] = []
+    hook = model.get_submodule("model.multi_modal_projector").register_forward_hook(
+        lambda module, args, output: projected.append(output)
+    )
     start = time.perf_counter()
 
     def progress(step: int) -> float:
@@ -294,23 +355,23 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress(s)))
     )
-    eos = torch.tensor(tokenizer.eos_token_id)
     model.train()
     done = 0
     bar = tqdm(range(steps), desc="train")
     for step in bar:
         picks = [scenes[rng.randrange(len(scenes))] for _ in range(batch_size)]
-        items = [sample_question(s["labels"], vocab, rng) for s in picks]
-        batch = encode(tokenizer, [it.question for it in items], n_img, [it.answer for it in items])
-        batch["pixel_values"] = torch.stack([s["image"] for s in picks])
-        # answer + <eos> targets: the last two positions (left padding)
-        targets = torch.stack([batch["input_ids"][:, -1], eos.expand(batch_size)], dim=1)
-        grounding = token_targets(torch.stack([s["labels"] for s in picks]), vocab, math.isqrt(n_img))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = model(**batch, logits_to_keep=2)
-            visual = out.image_hidden_states.reshape(batch_size, n_img, dim)
+        items = [[sample_question(s["labels"], vocab, rng) for _ in range(questions_per_image)] for s in picks]
+        batch = {k: v.to(device) for k, v in pack_questions(tokenizer, n_img, items).items()}
+        target_index, target = batch.pop("target_index"), batch.pop("target")
+        batch["pixel_values"] = torch.stack([s["image"] for s in picks]).to(device)
+        labels = torch.stack([s["labels"] for s in picks])
+        grounding = token_targets(labels, vocab, math.isqrt(n_img)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(**batch)
+            visual = projected.pop().view(len(picks), n_img, -1)  # (B, N, D)
             aux = [head(visual).float() for head in heads]
-        loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+        logits = out.logits.float().gather(1, target_index[..., None].expand(-1, -1, out.logits.shape[-1]))
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
         seen = grounding[..., 0] >= 0
         if grounding_weight > 0 and seen.any():
             loss = loss + grounding_weight * sum(
@@ -328,5 +389,6 @@ def train(
         if time_limit is not None and time.perf_counter() - start > time_limit:
             break
     bar.close()
+    hook.remove()
     model.eval()
     return done

@@ -5,12 +5,16 @@ built in code) learns one-word VQA (colour / shape / count / position) over the 
 
     python scripts/train_toy_vlm.py                      # rebuilds assets/toy_vlm (run time: docs/pruning.md)
     python scripts/train_toy_vlm.py --steps 200 --out runs/toy_vlm
+    # packed: 8 questions per image, 16 images per step; 2000 steps took 1192 CPU-s on one AMD EPYC core and reached
+    # 69 % held-out accuracy (800 questions), below the shipped recipe, so it is not the default
+    python scripts/train_toy_vlm.py --questions-per-image 8 --batch-size 16 --steps 2000 --time-limit 1e9
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import time
 from pathlib import Path
@@ -43,6 +47,16 @@ def heldout_set(num: int, resolution: int, seed: int = 0):
     return question_set([scenes[i] for i in range(num)], VOCAB, seed=seed)
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``), else whatever ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def save_examples(images: torch.Tensor, items, predictions, path: Path, count: int = 8) -> None:
     """A row of held-out images titled with question, answer and prediction."""
     fig, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.2))
@@ -60,7 +74,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("assets/toy_vlm"))
     p.add_argument("--steps", type=int, default=3000, help="schedule length; --time-limit usually ends it first")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per step")
+    p.add_argument("--questions-per-image", type=int, default=1, help="questions packed after each image's tokens")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument(
         "--time-limit", type=float, default=1200.0, help="training seconds; the LR schedule follows elapsed time"
@@ -71,6 +86,8 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--vision-dim", type=int, default=128)
     p.add_argument("--vision-layers", type=int, default=3)
+    p.add_argument("--text-dim", type=int, default=128)
+    p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -86,11 +103,13 @@ def main() -> None:
         patch_size=args.patch_size,
         vision_dim=args.vision_dim,
         vision_layers=args.vision_layers,
+        text_dim=args.text_dim,
+        text_layers=args.text_layers,
     )
     model = LlavaForConditionalGeneration(config)
     scenes = SyntheticScenes(args.train_scenes, args.resolution, split="train", seed=args.seed)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     steps = train(
         model,
         tokenizer,
@@ -98,11 +117,12 @@ def main() -> None:
         VOCAB,
         args.steps,
         args.batch_size,
+        args.questions_per_image,
         args.lr,
         seed=args.seed,
         time_limit=args.time_limit,
     )
-    train_seconds = time.perf_counter() - start
+    train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     images, items = heldout_set(args.eval_scenes, args.resolution)
     predictions = predict(model, tokenizer, images, [it.question for it in items])
@@ -115,8 +135,13 @@ def main() -> None:
     report = {
         "steps": steps,
         "batch_size": args.batch_size,
+        "questions_per_image": args.questions_per_image,
         "train_seconds": round(train_seconds, 1),
+        # wall time grows when other processes share the core; CPU time is what the run itself needed
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
         "visual_tokens": (args.resolution // args.patch_size) ** 2,
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_questions": len(items),

@@ -1,22 +1,24 @@
-"""apply_pruning on the families added as rows of pruning.adapters.FAMILIES, images only: tiny random Qwen3-VL and
-its MoE sibling (DeepStack features), Gemma 3 (bidirectional image blocks, sliding-window layers), LLaVA-NeXT and
-LLaVA-OneVision (AnyRes tiles with image-newline tokens), InternVL, Idefics3, SmolVLM (tiles) and Mistral 3 (Pixtral,
-native aspect ratio). Batches of 2 with different image sizes, aspect ratios or counts, and left padding.
+"""apply_pruning on the families added as rows of pruning.adapters.FAMILIES: tiny random Qwen3-VL and its MoE sibling
+(DeepStack features), Gemma 3 (bidirectional image blocks, sliding-window layers), LLaVA-NeXT and LLaVA-OneVision
+(AnyRes tiles with image-newline tokens), InternVL, Idefics3, SmolVLM (tiles) and Mistral 3 (Pixtral, native aspect
+ratio), with images; and video mixed with images for Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision, with whole-clip and
+per-frame budgets. Batches of 2 with different image sizes, aspect ratios, counts or frame counts, and left padding.
 
 Each family is checked the same way: keep_ratio=1.0 is the identity, remove() restores bit-identical outputs, SDPA
 stays on, and pruned generate() equals the unpatched model run on the hand-pruned sequence (embeddings, mask,
 original positions and whatever else the family indexes by position, gathered by hand here).
 """
 
+import functools
 import inspect
 
 import pytest
 import torch
 import transformers
-from test_pruning_models import PAD, TEXT, V_END, V_START, VIDEO, left_pad
+from test_pruning_models import PAD, TEXT, V_END, V_START, VIDEO, left_pad, tiny_qwen
 from transformers import DynamicCache
 
-from pruning import adapter_for, apply_pruning, compat
+from pruning import PruneRecord, adapter_for, apply_pruning, compat
 
 IMAGE = 99
 
@@ -128,8 +130,48 @@ def gemma3_batch(model=None):
     )
 
 
+TIMESTAMP = 30  # the text token a Qwen3-VL prompt has before each video frame ("<t seconds>")
+
+
+def qwen_video_batch(model, frames_apart: bool = False):
+    """Sample 0: a video of 2 frames (temporal patches) of 8x8 patches (16 tokens each), then a 4x8 image (8 tokens);
+    sample 1: a video of 3 frames of 4x8 patches (8 tokens each). Qwen3-VL prompts write each frame as a vision block
+    of its own after a timestamp (``frames_apart``), Qwen2/2.5-VL one block per video. Qwen2.5-VL frames are one
+    temporal position apart (``second_per_grid_ts``): at the default spacing (4) the last frame's temporal position
+    passes that of the text after the video, and transformers' own cached decoding and recomputation then disagree on
+    the next position, pruned or not."""
+    videos, images = torch.tensor([[2, 8, 8], [3, 4, 8]]), torch.tensor([[1, 4, 8]])
+
+    def video(t, h, w):
+        frame = [VIDEO] * (h * w // 4)
+        if frames_apart:
+            return [x for f in range(t) for x in (TIMESTAMP + f, V_START, *frame, V_END)]
+        return [V_START, *frame * t, V_END]
+
+    rows = [[1, 5, *video(*videos[0].tolist()), 6, V_START, *[IMAGE] * 8, V_END, 7, 8]]
+    rows.append([1, 10, *video(*videos[1].tolist()), 11, 12])
+    ids, mask = left_pad(rows)
+    g = torch.Generator().manual_seed(1)
+    timing = (
+        {}
+        if frames_apart
+        else {"second_per_grid_ts": torch.full((2,), 1 / model.config.vision_config.tokens_per_second)}
+    )
+    return dict(
+        **timing,
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=torch.randn(int(images.prod(-1).sum()), 3 * 2 * 4 * 4, generator=g),
+        image_grid_thw=images,
+        pixel_values_videos=torch.randn(int(videos.prod(-1).sum()), 3 * 2 * 4 * 4, generator=g),
+        video_grid_thw=videos,
+        mm_token_type_ids=((ids == IMAGE).int() + 2 * (ids == VIDEO).int()),
+    )
+
+
 def tiny_anyres(family: str):
-    """LLaVA-NeXT / LLaVA-OneVision: 32x32 CLIP tiles (16 tokens each) and AnyRes grids up to 2x2 tiles."""
+    """LLaVA-NeXT / LLaVA-OneVision: 32x32 CLIP tiles (16 tokens each) and AnyRes grids up to 2x2 tiles; OneVision
+    pools each 32x32 video frame to 2x2 tokens."""
     torch.manual_seed(0)
     vision = transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
@@ -143,6 +185,7 @@ def tiny_anyres(family: str):
         text_config=transformers.LlamaConfig(**TEXT),
         image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]],
         image_token_index=IMAGE,
+        **({"video_token_index": VIDEO} if family == "llava_onevision" else {}),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         attn_implementation="sdpa",
@@ -161,6 +204,45 @@ def anyres_batch(model):
     rows = [[1, 5, *[IMAGE] * counts[0], 6, *[IMAGE] * counts[1], 7, 8], [1, 10, *[IMAGE] * counts[2], 11, 12]]
     ids, mask = left_pad(rows)
     return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_sizes=sizes)
+
+
+ONEVISION_FRAME_TOKENS = 4  # a 32x32 frame: 4x4 patches pooled to 2x2
+
+
+def onevision_video_batch(model):
+    """Sample 0: a wide image (AnyRes tiles), then a video; sample 1: a video. The videos are 3 frames of 32x32 and
+    one image-newline token; the frame count is one for the batch (a single pixel_values_videos tensor)."""
+    sizes = torch.tensor([[32, 64]])
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(1, 5, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        count = len(model.model.get_image_features(pixels, sizes).pooler_output[0])
+    video = [VIDEO] * (3 * ONEVISION_FRAME_TOKENS + 1)
+    rows = [[1, 5, *[IMAGE] * count, 6, *video, 7, 8], [1, 10, *video, 11, 12]]
+    ids, mask = left_pad(rows)
+    return dict(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pixels,
+        image_sizes=sizes,
+        pixel_values_videos=torch.randn(2, 3, 3, 32, 32, generator=g),
+    )
+
+
+def frames_by_hand(batch: dict) -> torch.Tensor:
+    """Frame of each video token ``(B, L)`` (numbered over the batch), -1 elsewhere: Qwen's ``video_grid_thw`` (t, h,
+    w) gives t frames of h*w/4 tokens; a OneVision video is its frames' pooled tokens and a newline of no frame."""
+    if "video_grid_thw" in batch:
+        sizes = [h * w // 4 for t, h, w in batch["video_grid_thw"].tolist() for _ in range(t)]
+        order = [f for f, n in enumerate(sizes) for _ in range(n)]
+    else:
+        videos, frames = batch["pixel_values_videos"].shape[:2]
+        one = [f for f in range(frames) for _ in range(ONEVISION_FRAME_TOKENS)]
+        order = [f + v * frames if f >= 0 else -1 for v in range(videos) for f in [*one, -1]]
+    where = batch["input_ids"] == VIDEO
+    out = torch.full(where.shape, -1)
+    out[where] = torch.tensor(order)
+    return out
 
 
 def tiny_internvl():
@@ -269,20 +351,28 @@ FAMILY_CASES = {
     "idefics3": (lambda: tiny_idefics("idefics3"), idefics_batch),
     "smolvlm": (lambda: tiny_idefics("smolvlm"), idefics_batch),
     "mistral3": (tiny_mistral3, mistral3_batch),
+    # video mixed with images
+    "qwen2_5_vl_video": (
+        lambda: tiny_qwen(transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig),
+        qwen_video_batch,
+    ),
+    "qwen3_vl_video": (tiny_qwen3_vl, lambda model: qwen_video_batch(model, frames_apart=True)),
+    "llava_onevision_video": (lambda: tiny_anyres("llava_onevision"), onevision_video_batch),
 }
-# todre with relevance_keep=1 runs its in-decoder hooks but keeps every token there, so a hand-pruned run matches
+VIDEO_CASES = [name for name in FAMILY_CASES if name.endswith("_video")]
+# todre with τ = 0 and todre-maxmin with relevance_keep=1 run their in-decoder hooks but keep every token there, so a
+# hand-pruned run matches
 HAND_PRUNABLE = {
     "idpruner": {},
     "random": {"seed": 3},
     "importance": {"importance": "text"},
     "divprune": {},
-    "todre": {"layer": 2, "relevance_keep": 1.0},
+    "todre": {"layer": 2, "relevance_threshold": 0.0},
+    "todre-maxmin": {"layer": 2, "relevance_keep": 1.0},
 }
-IN_DECODER = {"todre", "fastv"}
-
-
-def accepts_in_decoder(family: str) -> bool:
-    return family != "gemma3"
+# τ > 1 makes todre's in-decoder stage independent of the last token (every visual token goes), so recomputation can
+# reproduce it
+DETERMINISTIC = {"idpruner": {}, "todre": {"layer": 2, "relevance_threshold": 1.01}}
 
 
 def stepwise_greedy(model, inputs_embeds, attention_mask, position_ids, steps: int = 4, **extra) -> torch.Tensor:
@@ -312,27 +402,30 @@ def stepwise_greedy(model, inputs_embeds, attention_mask, position_ids, steps: i
     return tokens.masked_fill(done, PAD)
 
 
-@pytest.fixture(scope="module", params=list(FAMILY_CASES))
-def case(request):
-    build, batch = FAMILY_CASES[request.param]
+@functools.cache
+def built(name: str) -> tuple[torch.nn.Module, dict]:
+    build, batch = FAMILY_CASES[name]
     model = build()
-    return request.param, model, batch(model)
+    return model, batch(model)
+
+
+@pytest.fixture(params=list(FAMILY_CASES))
+def case(request):
+    return request.param, *built(request.param)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("method", ["idpruner", "todre", "fastv"])
 def test_keep_all_is_identity_and_remove_restores(case, method):
-    family, model, batch = case
+    _, model, batch = case
     before = model(**batch).logits
     with apply_pruning(model, method=method, keep_ratio=1.0):
         torch.testing.assert_close(model(**batch).logits, before, atol=1e-5, rtol=0)
-    if method in IN_DECODER and not accepts_in_decoder(family):
-        with pytest.raises(ValueError, match="prunes inside the decoder"):
-            apply_pruning(model, method=method, keep_ratio=0.5)
-    else:
-        with apply_pruning(model, method=method, keep_ratio=0.5, layer=2):
-            assert model(**batch).logits.shape[1] < before.shape[1]
-            assert model.config.text_config._attn_implementation == "sdpa"
+    with apply_pruning(model, method=method, keep_ratio=0.5, layer=2) as handle:
+        assert model(**batch).logits.shape[1] < before.shape[1]
+        assert model.config.text_config._attn_implementation == "sdpa"
+    if method == "fastv":  # the in-decoder stage ran (todre's may keep every token: all or nothing)
+        assert (handle.last.kept_in_decoder < handle.last.kept_before_llm).all()
     assert torch.equal(model(**batch).logits, before)
 
 
@@ -369,14 +462,12 @@ def hand_pruned_deepstack(full: dict, kept: torch.Tensor) -> tuple[torch.Tensor,
     return new_where, [feature[rows] for feature in full["deepstack_visual_embeds"]]
 
 
-@torch.no_grad()
-@pytest.mark.parametrize("method", list(HAND_PRUNABLE))
-def test_generate_equals_unpruned_model_on_hand_pruned_sequence(case, method):
-    family, model, batch = case
-    if method in IN_DECODER and not accepts_in_decoder(family):
-        pytest.skip(f"{family} refuses in-decoder stages (tested above)")
+def check_against_hand_pruned(model, batch: dict, method: str, **options) -> PruneRecord:
+    """Pruned greedy tokens and last logits equal the unpatched model's on the sequence pruned by hand (the kept
+    tokens' embeddings, mask and original positions, and what else the family indexes by position); returns what
+    the prefill kept."""
     seen, capture = capture_decoder_inputs(model)
-    with apply_pruning(model, method=method, keep_ratio=0.5, **HAND_PRUNABLE[method]) as handle:
+    with apply_pruning(model, method=method, keep_ratio=0.5, **options) as handle:
         tokens = greedy(model, **batch)
         record = handle.last
         last_logits = model(**batch).logits[:, -1]
@@ -417,12 +508,89 @@ def test_generate_equals_unpruned_model_on_hand_pruned_sequence(case, method):
         if inject is not None:
             inject.remove()
     assert torch.equal(tokens[:, n:], expected)
+    return record
 
 
 @torch.no_grad()
-def test_cached_generation_matches_recomputation(case):
+@pytest.mark.parametrize("method", list(HAND_PRUNABLE))
+def test_generate_equals_unpruned_model_on_hand_pruned_sequence(case, method):
     _, model, batch = case
-    with apply_pruning(model, method="idpruner", keep_ratio=0.5):
+    check_against_hand_pruned(model, batch, method, **HAND_PRUNABLE[method])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", VIDEO_CASES)
+def test_per_frame_keeps_the_same_share_of_every_frame(family):
+    model, batch = built(family)
+    record = check_against_hand_pruned(model, batch, "idpruner", per_frame=True)
+    kept = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    for b in range(2):
+        kept[b, record.kept_index[b][record.kept_index[b] >= 0]] = True
+    frames = frames_by_hand(batch)
+    sizes = torch.bincount(frames[frames >= 0])
+    assert len(sizes) >= 5
+    kept_per_frame = torch.bincount(frames[kept & (frames >= 0)], minlength=len(sizes))
+    assert torch.equal(kept_per_frame, torch.round(sizes * 0.5).long())
+    # the rest of each sample's visual tokens (its images; OneVision's video newline) keeps half of them together
+    rest = record.visual_tokens - (frames >= 0).sum(1)
+    rest_kept = record.kept_before_llm - (kept & (frames >= 0)).sum(1)
+    assert torch.equal(rest_kept, torch.where(rest > 0, torch.round(rest * 0.5).long().clamp(min=1), 0))
+
+
+def layer_inputs(layers, first: int) -> tuple[dict, list]:
+    """Record the mask and rotary embeddings each layer from ``first`` on receives in its first call."""
+    seen = {}
+
+    def make(idx):
+        def hook(module, args, kwargs):
+            seen.setdefault(idx, (kwargs["attention_mask"], kwargs["position_embeddings"]))
+
+        return hook
+
+    return seen, [layers[i].register_forward_pre_hook(make(i), with_kwargs=True) for i in range(first, len(layers))]
+
+
+@torch.no_grad()
+def test_gemma3_layers_after_in_decoder_pruning_get_the_models_own_masks():
+    """After todre-maxmin drops visual tokens at a sliding-window layer, each later layer (sliding and full) gets the
+    mask and rotary embeddings of its type that Gemma 3 itself builds for the kept tokens: causal, windows counted in
+    kept tokens, bidirectional within what is left of each image."""
+    model, batch = built("gemma3")
+    layers = adapter_for(model).layers
+    with apply_pruning(model, method="todre-maxmin", keep_ratio=0.75, layer=2, relevance_keep=0.5) as handle:
+        seen, hooks = layer_inputs(layers, 2)  # registered after pruning's hooks: sees what the layers get
+        model(**batch)
+        record = handle.last
+    for hook in hooks:
+        hook.remove()
+    assert (record.kept_in_decoder < record.kept_before_llm).all() and (record.kept_in_decoder > 0).all()
+    at_layer = record.kept_in_decoder_index
+    valid = at_layer >= 0
+    columns = record.kept_index.gather(1, at_layer.clamp(min=0))
+    reference = dict(
+        inputs_embeds=torch.zeros(*at_layer.shape, model.config.text_config.hidden_size),
+        attention_mask=valid.long(),
+        position_ids=record.position_ids.gather(1, at_layer.clamp(min=0)),
+        token_type_ids=torch.where(valid, batch["token_type_ids"].gather(1, columns.clamp(min=0)), 0),
+    )
+    expected, hooks = layer_inputs(layers, 2)
+    model.model(**reference)
+    for hook in hooks:
+        hook.remove()
+    assert {model.config.text_config.layer_types[i] for i in seen} == {"sliding_attention", "full_attention"}
+    for idx, (mask, (cos, sin)) in seen.items():
+        want_mask, (want_cos, want_sin) = expected[idx]
+        assert torch.equal(mask, want_mask), idx
+        assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin), idx
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", list(DETERMINISTIC))
+def test_cached_generation_matches_recomputation(case, method):
+    """KV-cache decoding continues positions and masks (of every layer type, from the in-decoder layer on too) as
+    re-running every step uncached does."""
+    _, model, batch = case
+    with apply_pruning(model, method=method, keep_ratio=0.5, **DETERMINISTIC[method]):
         assert torch.equal(greedy(model, **batch), greedy(model, **batch, use_cache=False))
 
 
@@ -449,6 +617,15 @@ def test_qwen3_vl_in_decoder_stage_must_follow_deepstack_layers():
     with pytest.raises(ValueError, match="first 2 decoder layers, so an in-decoder stage must start at layer 2"):
         apply_pruning(model, method="fastv", keep_ratio=0.5, layer=1)
     apply_pruning(model, method="fastv", keep_ratio=0.5, layer=2).remove()
+
+
+def test_per_frame_needs_a_selection_before_the_llm_and_video_frames():
+    model, _ = built("qwen2_5_vl_video")
+    with pytest.raises(ValueError, match="per_frame sets the budgets of the selection before the LLM"):
+        apply_pruning(model, method="fastv", keep_ratio=0.5, per_frame=True)
+    model, _ = built("internvl")
+    with pytest.raises(ValueError, match="per_frame needs a family whose videos split into frames .*qwen2_5_vl"):
+        apply_pruning(model, method="idpruner", keep_ratio=0.5, per_frame=True)
 
 
 def test_unsupported_model_lists_every_family():

@@ -139,13 +139,15 @@ def test_greedy_generation_unchanged_at_keep_all(model_and_batch):
         assert torch.equal(greedy(model, **batch), expected)
 
 
-# todre with relevance_keep=1 runs its in-decoder hooks (gather, mask rebuild) but keeps every token there
+# todre with τ = 0 and todre-maxmin with relevance_keep=1 run their in-decoder hooks (gather, mask rebuild) but keep
+# every token there
 HAND_PRUNABLE = {
     "idpruner": {},
     "divprune": {},
     "importance": {"importance": "text"},
     "random": {"seed": 3},
-    "todre": {"layer": 2, "relevance_keep": 1.0},
+    "todre": {"layer": 2, "relevance_threshold": 0.0},
+    "todre-maxmin": {"layer": 2, "relevance_keep": 1.0},
 }
 
 
@@ -176,18 +178,23 @@ def test_generate_equals_unpruned_model_on_hand_pruned_sequence(model_and_batch,
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", ["todre", "fastv"])
+@pytest.mark.parametrize("method", ["todre-maxmin", "fastv"])
 def test_in_decoder_stage_removes_tokens(model_and_batch, method):
     _, model, batch = model_and_batch
     with apply_pruning(model, method=method, keep_ratio=0.5, layer=2) as handle:
         greedy(model, **batch)
         record = handle.last
     assert (record.kept_in_decoder < record.kept_before_llm).all()
-    assert (record.kept_before_llm < record.visual_tokens).all() == (method == "todre")
+    assert (record.kept_before_llm < record.visual_tokens).all() == (method == "todre-maxmin")
 
 
-# relevance_keep=0 makes the in-decoder stage independent of the last token, so recomputation can reproduce it
-DETERMINISTIC = {"idpruner": {}, "todre": {"layer": 2, "relevance_keep": 0.0}}
+# τ > 1 and relevance_keep=0 make the in-decoder stage independent of the last token (every visual token goes), so
+# recomputation can reproduce it
+DETERMINISTIC = {
+    "idpruner": {},
+    "todre": {"layer": 2, "relevance_threshold": 1.01},
+    "todre-maxmin": {"layer": 2, "relevance_keep": 0.0},
+}
 
 
 @torch.no_grad()
@@ -269,7 +276,7 @@ def test_todre_layer_stage_with_eager_and_sdpa_match():
     outs = []
     for attn in ("sdpa", "eager"):
         model = tiny_llava(attn)
-        with apply_pruning(model, method="todre", keep_ratio=0.5, layer=2, relevance_keep=0.5):
+        with apply_pruning(model, method="todre-maxmin", keep_ratio=0.5, layer=2, relevance_keep=0.5):
             outs.append((model(**batch).logits, greedy(model, **batch)))
     # padding rows differ between attention implementations by design; the last token is what generation uses
     torch.testing.assert_close(outs[0][0][:, -1], outs[1][0][:, -1], atol=1e-5, rtol=0)
@@ -304,7 +311,7 @@ def test_bad_model_and_bad_options_are_refused():
     for ratio in (0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"keep_ratio must be a number in \(0, 1\]"):
             apply_pruning(model, keep_ratio=ratio)
-    with pytest.raises(ValueError, match="accepted: todre, idpruner"):
+    with pytest.raises(ValueError, match="accepted: todre, todre-maxmin, idpruner"):
         apply_pruning(model, method="tome")
     with pytest.raises(ValueError, match="accepted: .*mmr_lambda"):
         apply_pruning(model, method="idpruner", lam=0.3)
@@ -382,9 +389,8 @@ def test_missing_argument_in_the_hooked_call_raises(dropped):
 
 
 def test_untested_transformers_version_is_named(monkeypatch):
-    import transformers
-
-    monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    # the module compat reads: importing some transformers submodules may replace sys.modules["transformers"]
+    monkeypatch.setattr(compat.transformers, "__version__", "99.0.0")
     model = tiny_llava()
     with pytest.warns(UserWarning, match=f"tested with transformers {compat.OLDEST_TESTED} to {compat.NEWEST_TESTED}"):
         apply_pruning(model, keep_ratio=0.5).remove()

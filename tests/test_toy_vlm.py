@@ -1,6 +1,7 @@
 """The toy VLM: tokenizer, question generation, and the shipped checkpoint in assets/toy_vlm (loaded offline)."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,13 @@ from pruning.toy_vlm import (
     build_tokenizer,
     encode,
     num_image_tokens,
+    pack_questions,
     predict,
     question_set,
+    sample_question,
     scene_questions,
+    toy_llava_config,
+    train,
 )
 from tokenizers_vis.data import COLORS, POSITIONS, SHAPES, SyntheticScenes
 
@@ -72,6 +77,50 @@ def test_questions_are_unambiguous_and_match_labels():
             assert len(matches) == 1 and VOCAB.position_answer(matches[0][3]) == q.answer
     _, items = question_set([scenes[i] for i in range(40)], VOCAB, seed=1)
     assert {it.kind for it in items} == set(QUESTION_TYPES)
+
+
+def test_packed_questions_equal_single_prompts():
+    # each packed segment must see exactly what the left-padded single-question prompt of predict() sees
+    torch.manual_seed(0)
+    tok = build_tokenizer(VOCAB)
+    model = LlavaForConditionalGeneration(toy_llava_config(tok, image_size=32, patch_size=8)).eval()
+    scenes = SyntheticScenes(2, 32, split="train", seed=0)
+    rng = random.Random(0)
+    items = [[sample_question(scenes[i]["labels"], VOCAB, rng) for _ in range(2 + i)] for i in range(2)]
+    images = torch.stack([scenes[i]["image"] for i in range(2)])
+    batch = pack_questions(tok, 16, items)
+    index, target = batch.pop("target_index"), batch.pop("target")
+    assert target[0, 4:].eq(-100).all()  # the first image has fewer questions
+    with torch.no_grad():
+        packed = model(**batch, pixel_values=images).logits
+        for b, row in enumerate(items):
+            single = encode(tok, [it.question for it in row], 16)
+            logits = model(**single, pixel_values=images[b].expand(len(row), -1, -1, -1)).logits[:, -1]
+            torch.testing.assert_close(packed[b, index[b, 0 : 2 * len(row) : 2]], logits, atol=1e-5, rtol=1e-4)
+            answers = tok.convert_ids_to_tokens(target[b, 0 : 2 * len(row) : 2].tolist())
+            assert answers == [it.answer for it in row]
+            assert target[b, 1 : 2 * len(row) : 2].eq(tok.eos_token_id).all()
+
+
+def test_train_runs_and_lowers_loss():
+    torch.manual_seed(0)
+    tok = build_tokenizer(VOCAB)
+    model = LlavaForConditionalGeneration(toy_llava_config(tok, image_size=32, patch_size=8))
+    scenes = SyntheticScenes(64, 32, split="train", seed=0)
+    losses = []
+    steps = train(
+        model,
+        tok,
+        scenes,
+        VOCAB,
+        steps=30,
+        batch_size=8,
+        questions_per_image=4,
+        warmup=5,
+        log=lambda step, loss: losses.append(loss),
+    )
+    assert steps == 30 and not model.training
+    assert sum(losses[-5:]) < sum(losses[:5])
 
 
 @pytest.fixture(scope="module")
