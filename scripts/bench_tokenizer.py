@@ -99,6 +99,15 @@ def labelled_scenes(split: str, count: int, seed: int) -> tuple[torch.Tensor, to
     return batch["image"], batch["labels"]
 
 
+def speeds(model: torch.nn.Module, heldout: torch.Tensor, data: str, seed: int) -> dict[str, float]:
+    """Encode+decode images per second on 128 held-out scenes (and frames per second on 17-frame clips)."""
+    out = {"speed": items_per_second(model, heldout[:128])}
+    if data == "videos":
+        clips = materialize(build_dataset("videos", "heldout", 64, 8, seed, frames=17), 0, "clips")
+        out["frames_per_second"] = items_per_second(model, clips) * clips.shape[1]
+    return out
+
+
 def family(args: argparse.Namespace) -> None:
     base = TrainConfig(steps=args.steps, save_every=10**9, cpu_threads=args.cpu_threads, seed=args.seed)
     heldout = materialize(build_dataset("scenes", "heldout", 64, args.eval_images, base.seed), 0, "held-out")
@@ -114,7 +123,10 @@ def family(args: argparse.Namespace) -> None:
         if cfg.data == "videos":
             cfg = dataclasses.replace(cfg, steps=args.video_steps)
         if args.reuse and (out / "bench_row.json").is_file():  # trained and measured by an earlier invocation
-            rows.append(json.loads((out / "bench_row.json").read_text()) | {"reused": True})
+            row = json.loads((out / "bench_row.json").read_text()) | {"reused": True}
+            if args.retime:
+                row.update(speeds(load_tokenizer(out / "model"), heldout, cfg.data, base.seed), retimed=True)
+            rows.append(row)
             continue
         if not (args.reuse and (out / "metrics.json").is_file()):
             train_tokenizer(cfg)
@@ -142,11 +154,8 @@ def family(args: argparse.Namespace) -> None:
             psnr_classic=reconstruction_psnr(model, heldout),  # one set for every row, whatever its training palette
             probe=probe,
             fd_clip=frechet_distance(clip, (heldout + 1) / 2, (recon + 1) / 2),
-            speed=items_per_second(model, heldout[:128]),
+            **speeds(model, heldout, cfg.data, base.seed),
         )
-        if cfg.data == "videos":
-            clips = materialize(build_dataset("videos", "heldout", 64, 8, base.seed, frames=17), 0, "clips")
-            row["frames_per_second"] = items_per_second(model, clips) * clips.shape[1]
         rows.append(row)
         (out / "bench_row.json").write_text(json.dumps(row, indent=2))
         keys = ("name", "psnr", "psnr_ood_scenes", "psnr_ood_photos", "ssim", "codebook_usage", "probe", "fd_clip")
@@ -188,10 +197,17 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
     ]
     reused = [r["name"] for r in rows if r.get("reused")]
     if reused:
+        retimed = all(r.get("retimed") for r in rows if r.get("reused"))
         notes.append(
-            f"- Measured by earlier invocations of this script and reused here (`--reuse`): {', '.join(reused)}. "
-            "Their speed columns come from those runs, some of which shared the 2 CPU cores with other jobs, so "
-            "speed ratios are only good to about ±30 %."
+            f"- Trained and measured by earlier invocations of this script and reused here (`--reuse`): "
+            f"{', '.join(reused)}. "
+            + (
+                "Their speed columns were re-measured in this run (`--retime`), so every speed ratio compares "
+                "tokenizers timed in one process."
+                if retimed
+                else "Their speed columns come from those runs, which may have shared the CPU cores with other jobs: "
+                "compare speeds only within one run (`--retime` re-measures them)."
+            )
         )
     text = "\n".join(
         [
@@ -220,7 +236,8 @@ def write_family_table(rows: list[dict], args: argparse.Namespace, base: TrainCo
             "",
             *notes,
             "",
-            f"Command: `python scripts/bench_tokenizer.py{' --reuse' if args.reuse else ''} --steps {args.steps} "
+            f"Command: `python scripts/bench_tokenizer.py{' --reuse' if args.reuse else ''}"
+            f"{' --retime' if args.retime else ''} --steps {args.steps} "
             f"--video-steps {args.video_steps} --rows {' '.join(args.rows)} "
             f"--cpu-threads {args.cpu_threads}`",
             "",
@@ -293,6 +310,9 @@ def main() -> None:
         "--reuse",
         action="store_true",
         help="reuse finished runs in --output-dir (and their measured rows, so one table can gather several runs)",
+    )
+    p.add_argument(
+        "--retime", action="store_true", help="with --reuse: re-measure the speed of reused rows in this run"
     )
     p.add_argument("--eval-images", type=int, default=512)
     p.add_argument("--probe-train", type=int, default=2000)
