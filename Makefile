@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-oldest bench assets assets-nx lint clean
+.PHONY: install demo test test-oldest bench assets assets-nx assets-video lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,21 @@ assets-nx: $(STAMP)
 		assets/pipeline_nx_cell_k2/
 	ln -s ../pipeline/tokenizer assets/pipeline_nx_cell_k2/tokenizer
 	ln -s ../pipeline/prompt_encoder assets/pipeline_nx_cell_k2/prompt_encoder
+
+# The shipped text-to-video pipeline from seed 0 (times in the README): the 1D video tokenizer (32 deep tokens per
+# 9-frame clip) on the classic moving-shape clips, then nt-video over its tokens, prompted through
+# assets/pipeline's prompt encoder (linked, not copied: the folder stays under 10 MB).
+VIDEO := runs/assets/video
+VIDEO_TOKENIZER_STEPS := 2000
+VIDEO_GEN_STEPS := --steps 2500 --batch-size 64 --train-samples 20000
+assets-video: $(STAMP)
+	$(BIN)/accelerate launch scripts/train_tokenizer.py --tokenizer video1d --steps $(VIDEO_TOKENIZER_STEPS) \
+		--palette classic --photo-fraction 0 --output-dir $(VIDEO)/tokenizer
+	$(BIN)/accelerate launch scripts/train_generator.py --data videos --tokenizer $(VIDEO)/tokenizer/model \
+		--preset nt-video $(VIDEO_GEN_STEPS) --eval-samples 256 --pipeline-dtype bfloat16 \
+		--pipeline-tokenizer-dtype bfloat16 --output-dir $(VIDEO)/generator
+	rm -rf assets/video_pipeline && cp -r $(VIDEO)/generator/pipeline assets/video_pipeline
+	rm -r assets/video_pipeline/prompt_encoder && ln -s ../pipeline/prompt_encoder assets/video_pipeline/prompt_encoder
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

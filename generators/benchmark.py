@@ -9,9 +9,13 @@ Prompt sets are "seen" (captions of held-out scenes: only shape-colour pairs see
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from tokenizers_vis import TrainConfig, train_tokenizer
 from tokenizers_vis.evaluation import AttributeGrader, clip_score, frechet_distance
@@ -123,25 +127,43 @@ def benchmark_images(
 @dataclass
 class VideoBenchmark:
     captions: list[str]  # held-out moving-shape captions, each sampled images_per_prompt times
-    rows: list[dict]  # per guidance scale: guidance, seconds and the grader's scores
+    rows: list[dict]  # per guidance scale: guidance, seconds, the grader's scores and the Fréchet distance ("fd")
     outputs: list[VideoPipelineOutput]  # the clips of each row
     references: dict[str, dict]  # {"real": ..., "reconstructed": ...}: the grader on real clips and reconstructions
+    facts: dict  # tokens per clip, sampling seconds per clip, the reconstructions' FD
+
+
+def frames_of(clips: torch.Tensor) -> torch.Tensor:
+    """(N, T, 3, H, W) -> every frame (N * T, 3, H, W)."""
+    return clips.flatten(0, 1)
 
 
 def benchmark_video(
     pipe: TextToVideoPipeline, grader: AttributeGrader, cfg: BenchConfig, scales: Sequence[float]
 ) -> VideoBenchmark:
     """Grades clips of a text-to-video pipeline per guidance scale (other settings at the pipeline's defaults):
-    colour and shape on the first and last frames, motion direction."""
+    colour and shape on the first and last frames, motion direction, and the Fréchet distance of all their frames
+    to the real held-out clips' frames in the prompt encoder's CLIP space. Also times sampling (one batch of 8 clips,
+    after a warm-up)."""
     real, captions = heldout_clips(cfg.prompts, cfg.seed)
-    references = reference(pipe, grader, real, captions).scores
+    ref = reference(pipe, grader, real, captions)
+    clip = pipe.prompt_encoder.clip
     rows, outputs = [], []
     for scale in scales:
         evaluation = evaluate_pipeline(pipe, grader, captions, cfg.images_per_prompt, cfg.seed, guidance_scale=scale)
-        rows.append({"guidance": scale, "seconds": evaluation.seconds, **evaluation.scores})
+        fd = frechet_distance(clip, frames_of(real), frames_of(evaluation.samples))
+        rows.append({"guidance": scale, "seconds": evaluation.seconds, **evaluation.scores, "fd": fd})
         outputs.append(evaluation.output)
-        print(scale, evaluation.scores)
-    return VideoBenchmark(captions, rows, outputs, references)
+        print(scale, rows[-1])
+    pipe(captions[:1], seed=cfg.seed)  # warm-up
+    start = time.perf_counter()
+    timed = pipe(captions[:4], num_videos_per_prompt=2, seed=cfg.seed)
+    facts = {
+        "tokens_per_clip": math.prod(timed.tokens.shape[1:]),
+        "seconds_per_clip": (time.perf_counter() - start) / len(timed.frames),
+        "fd_reconstructed": frechet_distance(clip, frames_of(real), frames_of(ref.reconstructed)),
+    }
+    return VideoBenchmark(captions, rows, outputs, ref.scores, facts)
 
 
 def compare_generators(

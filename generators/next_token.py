@@ -100,7 +100,8 @@ _LLAMAGEN_C2I = dict(
 
 class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
     """Autoregressive model of index grids ``(B, *grid_size)`` in raster order: ``(h, w)`` for images, ``(t, h, w)``
-    for videos (frame by frame, each frame in raster order; RoPE then runs over (frame, row, col)).
+    for videos (frame by frame, each frame in raster order; RoPE then runs over (frame, row, col)), ``(n,)`` for the
+    token sequences of 1D tokenizers (images or clips).
 
     ``condition``: "prompt" (condition = prompt states ``(B, prompt_length, prompt_dim)``, or a ``(states, mask)``
     pair from a :class:`~generators.prompt_encoder.PromptEncoder`), "class" (labels ``(B,)`` in
@@ -120,6 +121,8 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             "nt-tiny": dict(dim=64, depth=2, heads=4, class_in_slots=True),  # tests and smoke runs
             # the shipped text-to-image model, sized for CPU training
             "nt-small": dict(dim=192, depth=6, heads=6, class_in_slots=True),
+            # the shipped text-to-video model over 32 deep tokens per clip, sized so its pipeline stays under 10 MB
+            "nt-video": dict(dim=160, depth=6, heads=5, class_in_slots=True),
             "nt-base": dict(dim=768, depth=12, heads=12, class_in_slots=True),  # GPU-sized
             "nt-large": dict(dim=1024, depth=24, heads=16, class_in_slots=True),
             "gpt-b": dict(dim=768, depth=12, heads=12, **_LLAMAGEN_C2I),
@@ -157,8 +160,8 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             raise ValueError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
         if layout != "start" and objectives and "next_all" in objectives:
             raise ValueError("the next_all objective needs the target-position embeddings of layout='start'")
-        if len(grid_size) not in (2, 3):
-            raise ValueError(f"grid_size must be (h, w) or (t, h, w), got {tuple(grid_size)}")
+        if len(grid_size) not in (1, 2, 3):
+            raise ValueError(f"grid_size must be (n,), (h, w) or (t, h, w), got {tuple(grid_size)}")
         if not 1 <= num_predict <= math.prod(grid_size):
             raise ValueError(f"num_predict must be in [1, {math.prod(grid_size)}] (the grid's size), got {num_predict}")
         self._objective_names, self._objective_weights = self._parse_objectives(objectives)

@@ -228,10 +228,15 @@ class TextToImagePipeline:
 
     # ---- folders -------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | Path, generator_dtype: torch.dtype | None = None) -> None:
-        """Writes the pipeline folder atomically (a temporary folder renamed into place). ``generator_dtype``
-        (e.g. ``torch.bfloat16``) stores the generator's weights at lower precision to halve the folder; they are
-        loaded back as float32."""
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        generator_dtype: torch.dtype | None = None,
+        tokenizer_dtype: torch.dtype | None = None,
+    ) -> None:
+        """Writes the pipeline folder atomically (a temporary folder renamed into place). ``generator_dtype`` and
+        ``tokenizer_dtype`` (e.g. ``torch.bfloat16``) store those weights at lower precision to halve the folder;
+        they are loaded back as float32."""
         folder = Path(folder)
         tmp = folder.with_name(f".tmp_{folder.name}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -243,8 +248,9 @@ class TextToImagePipeline:
             if part is None:
                 index[name] = [None, None]
                 continue
-            if name == "generator" and generator_dtype is not None:
-                part = nn.Module.to(copy.deepcopy(part), generator_dtype)  # plain cast, no diffusers dtype warning
+            dtype = {"generator": generator_dtype, "tokenizer": tokenizer_dtype}.get(name)
+            if dtype is not None:
+                part = nn.Module.to(copy.deepcopy(part), dtype)  # plain cast, no diffusers dtype warning
             part.save_pretrained(tmp / name)
             index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -267,7 +273,7 @@ class TextToImagePipeline:
         if index.get("prompt_encoder", [None])[0] is not None:
             encoder = load_prompt_encoder(folder / "prompt_encoder")  # the project's CLIP or a transformers one
         pipe = cls(
-            load_tokenizer(folder / "tokenizer"),
+            load_tokenizer(folder / "tokenizer").float(),
             load_generator(folder / "generator").float(),
             encoder,
             index.get("defaults"),

@@ -29,6 +29,7 @@ from tokenizers_vis.registry import family_of
 from tokenizers_vis.train_core import (
     AccelerateRunConfig,
     NonFiniteGuard,
+    cpu_name,
     lr_schedule,
     param_checksum,
     param_groups,
@@ -77,6 +78,7 @@ class GeneratorTrainConfig(AccelerateRunConfig):
     # GUIDANCE_BY_CONDITION's guidance scale
     sampling_defaults: dict = field(default_factory=dict)
     pipeline_dtype: str = "float32"  # float32 | bfloat16: precision of the generator weights in pipeline/
+    pipeline_tokenizer_dtype: str = "float32"  # the same for the tokenizer's weights there
 
 
 def _digest(path: Path) -> str:
@@ -322,9 +324,26 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
             cpu_threads=torch.get_num_threads(),
         )
         save_model_atomically(raw, out / "generator")
-        pipe.save_pretrained(out / "pipeline", generator_dtype=getattr(torch, cfg.pipeline_dtype))
+        dtypes = dict(generator_dtype=cfg.pipeline_dtype, tokenizer_dtype=cfg.pipeline_tokenizer_dtype)
+        pipe.save_pretrained(out / "pipeline", **{k: getattr(torch, v) for k, v in dtypes.items()})
         write_samples(pipe, requests, out / "samples.png", cfg.seed)
         metrics["run_seconds"] = round(time.time() - run_start, 1)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_training_record(out / "pipeline", cfg, metrics)
     accelerator.end_training()
     return metrics
+
+
+def write_training_record(folder: Path, cfg: GeneratorTrainConfig, metrics: dict) -> None:
+    """``training.json`` in the pipeline folder: how its generator (and, when its run folder is known, its
+    tokenizer) were trained, with wall times and the machine, for the benchmark tables."""
+    tokenizer_metrics = Path(cfg.tokenizer).parent / "metrics.json"
+    tokenizer = json.loads(tokenizer_metrics.read_text()) if tokenizer_metrics.is_file() else {}
+    keys = ("preset", "steps", "wall_seconds", "run_seconds", "psnr", "mixed_precision", "cpu_threads")
+    record = {
+        "generator": {"preset": cfg.preset, "batch_size": cfg.batch_size, "train_samples": cfg.train_samples}
+        | {k: metrics[k] for k in keys if k in metrics},
+        "tokenizer": {"folder": cfg.tokenizer} | {k: tokenizer[k] for k in keys if k in tokenizer},
+        "machine": {"cpu": cpu_name(), "cuda": torch.cuda.is_available()},
+    }
+    (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""Text-to-video: prompt encoder -> next-token generator over ``(t, h, w)`` token grids -> causal video tokenizer.
+"""Text-to-video: prompt encoder -> next-token generator over a clip's tokens (``(t, h, w)`` grids of the causal
+video tokenizer, or the K deep tokens of the 1D video tokenizer) -> that tokenizer's decoder.
 
 The pipeline is a :class:`~generators.pipeline.TextToImagePipeline` whose generator samples a grid of latent frames
 and whose tokenizer decodes it to a clip, so folders, sampling defaults and ``from_pretrained`` are shared::
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tokenizers_vis.registry import family_of
 from tokenizers_vis.visuals import save_gif, save_video_strip
 
 from .pipeline import TextToImagePipeline, split_request
@@ -27,7 +29,7 @@ from .pipeline import TextToImagePipeline, split_request
 class VideoPipelineOutput:
     videos: list[list[Image.Image]]  # per clip, its frames
     frames: torch.Tensor  # (B, T, 3, H, W) in [0, 1]
-    tokens: torch.Tensor  # (B, t, h, w)
+    tokens: torch.Tensor  # (B, t, h, w) grids or (B, K) deep tokens
 
     @classmethod
     def concat(cls, parts: list[VideoPipelineOutput]) -> VideoPipelineOutput:
@@ -45,21 +47,23 @@ class VideoPipelineOutput:
 
 
 class TextToVideoPipeline(TextToImagePipeline):
-    """``pipe(["a small blue star moving up"], num_videos_per_prompt=4)`` -> clips of ``1 + 4 (t - 1)`` frames.
+    """``pipe(["a small blue star moving up"], num_videos_per_prompt=4)`` -> clips (9 frames for the built-in
+    tokenizers' runs).
 
-    Needs a prompt-conditioned generator over ``(t, h, w)`` grids and a
-    :class:`~tokenizers_vis.VideoTokenizer`. Saved and loaded like the image pipeline (``model_index.json`` names
-    this class). CLIP re-ranking (``num_candidates`` > 1) is for still images only.
+    Needs a prompt-conditioned generator and a video tokenizer: a :class:`~tokenizers_vis.VideoTokenizer` with
+    ``(t, h, w)`` grids, or a :class:`~tokenizers_vis.Video1DTokenizer` with K deep tokens per clip. Saved and
+    loaded like the image pipeline (``model_index.json`` names this class). CLIP re-ranking (``num_candidates`` > 1)
+    is for still images only.
     """
 
     produces_video = True
 
     def __init__(self, tokenizer, generator, prompt_encoder, defaults: dict | None = None, class_names: None = None):
         config = generator.config
-        if config.condition != "prompt" or len(config.grid_size) != 3:
+        if config.condition != "prompt" or not family_of(type(tokenizer)).takes_videos:
             raise ValueError(
-                "a text-to-video pipeline needs a prompt-conditioned generator over (t, h, w) grids, got "
-                f"condition={config.condition!r}, grid_size={tuple(config.grid_size)}"
+                "a text-to-video pipeline needs a prompt-conditioned generator and a video tokenizer, got "
+                f"condition={config.condition!r} and a {type(tokenizer).__name__}"
             )
         super().__init__(tokenizer, generator, prompt_encoder, defaults)
 

@@ -4,7 +4,7 @@ distance in CLIP image space, and sampling speed with and without the KV cache.
     python scripts/bench_generation.py                       # shipped pipeline and grader -> benchmarks/generation.md
     python scripts/bench_generation.py --pipeline runs/gen/pipeline --prompts 50
     python scripts/bench_generation.py --compare             # next-token vs next-X entities, objectives, MTP
-    python scripts/bench_generation.py --video runs/video_f4/pipeline --prompts 48    # text-to-video grading
+    python scripts/bench_generation.py --video assets/video_pipeline runs/video_f4/pipeline --prompts 48   # videos
     python scripts/bench_generation.py --peer-llamagen LLAMAGEN_CHECKOUT   # sampler vs LlamaGen's (bench_sampler.py)
 
 ``--compare`` trains every generator row in this run on the same tokenizer, cached tokens, seed, steps and batch
@@ -41,6 +41,7 @@ from generators.benchmark import (
     prompt_sets,
 )
 from tokenizers_vis.evaluation import load_grader
+from tokenizers_vis.train_core import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE_PREFIX = "## Compare"
@@ -137,40 +138,69 @@ def write_compare(args, rows: list[dict]) -> None:
     print(section)
 
 
+def training_cell(folder: Path) -> str:
+    """Wall time of the pipeline's training from its ``training.json`` (tokenizer + generator runs), or "?"."""
+    record = folder / "training.json"
+    if not record.is_file():
+        return "?"
+    runs = json.loads(record.read_text())
+    tok, gen = runs["tokenizer"].get("run_seconds"), runs["generator"].get("run_seconds")
+    if tok is None or gen is None:
+        return f"generator {gen / 60:.0f} min" if gen else "?"
+    return f"{(tok + gen) / 60:.0f} min ({tok / 60:.0f} + {gen / 60:.0f})"
+
+
 def video(args) -> None:
-    """Grades clips of a text-to-video pipeline: colour and shape on the first and last frames, motion direction."""
-    pipe = TextToVideoPipeline.from_pretrained(args.video)
+    """Grades clips of text-to-video pipelines side by side: colour and shape on the first and last frames, motion
+    direction, Fréchet distance of the frames, tokens per clip, training wall time and sampling seconds per clip."""
     scales = [float(s) for s in args.video_scales.split(",")]
-    bench = benchmark_video(pipe, load_grader(args.grader), bench_config(args), scales)
-    rows = bench.rows
+    grader = load_grader(args.grader)
     (args.out / "generation").mkdir(parents=True, exist_ok=True)
-    for row, output in zip(rows, bench.outputs, strict=True):
-        output.save_gif(args.out / "generation" / f"video_g{row['guidance']:g}.gif", per_row=2 * args.images_per_prompt)
-    lines = [
+    video_cells = ("appearance_accuracy", "direction_accuracy", "accuracy")
+    lines, gifs, references = [], [], []
+    for folder in args.video:
+        pipe = TextToVideoPipeline.from_pretrained(folder)
+        bench = benchmark_video(pipe, grader, bench_config(args), scales)
+        facts, tokenizer = bench.facts, type(pipe.tokenizer).__name__
+        name = f"`{folder}` ({tokenizer}, {facts['tokens_per_clip']} tokens)"
+        for row, output in zip(bench.rows, bench.outputs, strict=True):
+            gif = f"video_{folder.parent.name}_{folder.name}_g{row['guidance']:g}.gif"
+            output.save_gif(args.out / "generation" / gif, per_row=2 * args.images_per_prompt)
+            gifs.append(gif)
+            lines.append(
+                f"| {name} | {row['guidance']:g} | {cells(row, *video_cells)} | {pct(row['color'])} / "
+                f"{pct(row['shape'])} | {row['fd']:.3f} | {training_cell(folder)} | {facts['seconds_per_clip']:.2f} |"
+            )
+        r = bench.references["reconstructed"]
+        references.append(
+            f"| {name}: tokenizer reconstructions (ceiling) | | {cells(r, *video_cells)} | {pct(r['color'])} / "
+            f"{pct(r['shape'])} | {facts['fd_reconstructed']:.3f} | | |"
+        )
+    r = bench.references["real"]
+    real = f"{cells(r, *video_cells)} | {pct(r['color'])} / {pct(r['shape'])}"
+    references.append(f"| real clips (reference) | | {real} | | | |")
+    command = " ".join(str(f) for f in args.video)
+    header = [
         VIDEO_HEADER,
         "",
-        f"Command: `python scripts/bench_generation.py --video {args.video}`. {len(bench.captions)} held-out "
-        f"moving-shape captions x {args.images_per_prompt} clips, sampling defaults {json.dumps(pipe.defaults)} "
-        "except guidance. "
+        f"Command: `python scripts/bench_generation.py --video {command} --prompts {args.prompts}`. "
+        f"{len(bench.captions)} held-out moving-shape captions x {args.images_per_prompt} clips of 9 frames, each "
+        "pipeline's sampling defaults except guidance. Machine: "
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads, CUDA: {torch.cuda.is_available()}. "
         "Appearance: colour and shape right on the first and the last frame; direction: the object's displacement "
         "from the first to the last frame is the prompted one of 8 directions "
-        "(`tokenizers_vis.evaluation.grade_videos`).",
+        "(`tokenizers_vis.evaluation.grade_videos`). FD: Fréchet distance between the prompt encoder's CLIP "
+        "embeddings of every frame of the generated clips and of the real clips of the same captions. Training: "
+        "wall time of the tokenizer and generator runs (the pipeline's `training.json`). Seconds per clip: one batch "
+        "of 8 clips after a warm-up, KV cache on.",
         "",
-        "| guidance | appearance (first & last frames) | direction | both | colour / shape per frame | seconds |",
-        "|---|---|---|---|---|---|",
+        "| pipeline | guidance | appearance (first & last frames) | direction | both | colour / shape per frame | FD "
+        "| training | seconds per clip |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    video_cells = ("appearance_accuracy", "direction_accuracy", "accuracy")
-    for r in rows:
-        lines.append(
-            f"| {r['guidance']:g} | {cells(r, *video_cells)} | {pct(r['color'])} / {pct(r['shape'])} "
-            f"| {r['seconds']:.0f} |"
-        )
-    for name, key in (("real clips", "real"), ("tokenizer reconstructions", "reconstructed")):
-        r = bench.references[key]
-        lines.append(f"| {name} (reference) | {cells(r, *video_cells)} | {pct(r['color'])} / {pct(r['shape'])} | |")
-    lines += ["", *(f"![](generation/video_g{r['guidance']:g}.gif)" for r in rows), ""]
-    replace_section(args.out / "generation.md", VIDEO_HEADER, "\n".join(lines))
-    print("\n".join(lines))
+    section = "\n".join([*header, *lines, *references, "", *(f"![](generation/{gif})" for gif in gifs), ""])
+    replace_section(args.out / "generation.md", VIDEO_HEADER, section)
+    print(section)
 
 
 def images(args) -> None:
@@ -268,7 +298,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     p.add_argument("--compare", action="store_true", help="train and compare the generator rows instead")
-    p.add_argument("--video", type=Path, help="grade this text-to-video pipeline folder instead")
+    p.add_argument("--video", type=Path, nargs="+", help="grade these text-to-video pipeline folders instead")
     p.add_argument("--video-scales", default="1,3", help="guidance scales for --video")
     p.add_argument("--rows", nargs="+", choices=list(COMPARE_ROWS), default=list(COMPARE_ROWS))
     p.add_argument("--compare-steps", type=int, default=1000)

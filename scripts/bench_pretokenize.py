@@ -25,6 +25,7 @@ from PIL import Image
 from generators.data import generator_data
 from generators.token_shards import pretokenize
 from tokenizers_vis import load_tokenizer
+from tokenizers_vis.train_core import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         reached = [rss for stored, rss in samples if stored <= checkpoint]
         rows.append(f"| {checkpoint} | {max(reached):.0f} |")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_name()
     table = "\n".join(
         [
             f"Pre-tokenization of {args.images} captioned {args.resolution}-px PNGs with {args.tokenizer} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from generators.llamagen import convert_llamagen_gpt
+from tokenizers_vis.train_core import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = 256
@@ -66,11 +66,7 @@ def llamagen_gpt_b(checkout: Path, seed: int):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

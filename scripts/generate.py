@@ -10,8 +10,11 @@
 
 Prompts follow the scene-caption grammar the shipped model was trained on:
 "a <small|large> <colour> <shape> at the <position>", objects joined with ", " and " and ".
-Writes one PNG per image and grid.png (one row per prompt) under --out and prints their paths; a text-to-video
-pipeline folder ("a small blue square moving to the right") gives one GIF per clip and grid.gif.
+Writes one PNG per image and grid.png (one row per prompt) under --out and prints their paths. Prompts that
+describe motion ("a small blue square moving to the right"), or --video, use the text-to-video pipeline shipped in
+assets/video_pipeline (or a text-to-video --pipeline folder): one GIF per clip and grid.gif.
+
+    python scripts/generate.py --prompt "a large red circle moving to the left" --prompt "a small blue star moving up"
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from generators.family import GeneratorFamily
 from generators.registry import generator_families
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+VIDEO_PIPELINE = ASSETS / "video_pipeline"
 FAMILIES = generator_families()  # `--generator` kind -> what its generators take
 
 
@@ -67,6 +71,19 @@ def default_pipeline(kind: str, options: dict) -> Path:
     options = FAMILIES[kind].run_defaults | options
     entity = options["entity"]
     return ASSETS / (f"pipeline_nx_{entity}" + (f"_k{options['k']}" if entity in ("cell", "subsample") else ""))
+
+
+def describes_motion(prompt: str) -> bool:
+    """Whether a prompt asks for a clip: the moving-shape captions say how the object is "moving"."""
+    return "moving" in prompt.lower().split()
+
+
+def wants_video(p: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """``--video``, or every prompt describes motion (a mix is refused: one run makes images or clips)."""
+    moving = [describes_motion(prompt) for prompt in args.prompt or []]
+    if any(moving) and not all(moving):
+        p.error("some prompts describe motion and some do not: run the clips and the images separately")
+    return args.video or (bool(moving) and all(moving))
 
 
 def check_generator(pipe: TextToImagePipeline, kind: str, options: dict, folder: Path) -> None:
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     )
     p.add_argument("--pipeline", type=Path, help="saved pipeline folder (default: the shipped one of --generator)")
     p.add_argument("--generator", choices=list(FAMILIES), default="next-token")
+    p.add_argument("--video", action="store_true", help="clips from the shipped text-to-video pipeline")
     p.add_argument("--entity", choices=ENTITIES, help="next-X entity (token, cell, subsample, scale, image)")
     p.add_argument("--k", type=int, help="next-X cell / subsample side")
     p.add_argument("--flow-steps", type=int, help="next-X: Euler steps of the flow head per entity")
@@ -181,7 +199,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         p.error(mismatch)
     start = time.perf_counter()
     family, options = FAMILIES[args.generator], pipeline_options(args)
-    folder = args.pipeline or default_pipeline(args.generator, options)
+    video = args.pipeline is None and args.generator == "next-token" and wants_video(p, args)
+    folder = args.pipeline or (VIDEO_PIPELINE if video else default_pipeline(args.generator, options))
+    if video and not folder.is_dir():
+        p.error(f"no text-to-video pipeline at {folder}; rebuild it with `make assets-video`")
     if not folder.is_dir():
         flags = "".join(f" --{name} {value}" for name, value in (family.run_defaults | options).items())
         p.error(
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         )
     if is_video_pipeline(folder):
         return generate_videos(args, folder, start)
+    if args.video:
+        p.error(f"--video needs a text-to-video pipeline; {folder} holds a text-to-image one")
     pipe = TextToImagePipeline.from_pretrained(folder, device=args.device)
     check_generator(pipe, args.generator, options, folder)
     rows, request = requested_rows(p, args, pipe)

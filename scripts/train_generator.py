@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"))
     p.add_argument("--pipeline-dtype", choices=("float32", "bfloat16"), help="generator weights in pipeline/")
+    p.add_argument("--pipeline-tokenizer-dtype", choices=("float32", "bfloat16"), help="tokenizer weights there")
     # sampling defaults stored in the pipeline (scripts/generate.py and pipe(...) use them unless overridden)
     for name, kind in SAMPLING_FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, help="sampling default")

@@ -4,6 +4,7 @@
     accelerate launch scripts/train_tokenizer.py --tokenizer vq1d      # 32 1D tokens (TiTok style)
     accelerate launch scripts/train_tokenizer.py --tokenizer dual      # semantic + pixel codebooks, CLIP teacher
     accelerate launch scripts/train_tokenizer.py --tokenizer video     # causal 3D, 17-frame moving-shape clips
+    accelerate launch scripts/train_tokenizer.py --tokenizer video1d   # 32 deep tokens per 9-frame clip
     accelerate launch scripts/train_tokenizer.py --data photos --output-dir runs/photos
     accelerate launch scripts/train_tokenizer.py --config my_run.yaml --steps 500
     accelerate launch scripts/train_tokenizer.py --semantic-teacher clip --semantic-weight 0.5   # GigaTok-style

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from pruning.toy_vlm import (  # noqa: E402
 )
 from tokenizers_vis.data import SyntheticScenes  # noqa: E402
 from tokenizers_vis.data.language import COLORS, POSITIONS, SHAPES, SIZE_FRACTION, SIZES  # noqa: E402
+from tokenizers_vis.train_core import cpu_name  # noqa: E402
 
 VOCAB = SceneVocab(SHAPES, COLORS, POSITIONS, tuple(SIZE_FRACTION[s] for s in SIZES), max_objects=3)
 
@@ -45,16 +45,6 @@ def heldout_set(num: int, resolution: int, seed: int = 0):
     """The fixed held-out VQA set shared with the benchmark and the tests: images ``(N, 3, R, R)``, questions."""
     scenes = SyntheticScenes(num, resolution, split="heldout", seed=seed, max_objects=VOCAB.max_objects)
     return question_set([scenes[i] for i in range(num)], VOCAB, seed=seed)
-
-
-def cpu_name() -> str:
-    """The CPU model (Linux ``/proc/cpuinfo``), else whatever ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def save_examples(images: torch.Tensor, items, predictions, path: Path, count: int = 8) -> None:

@@ -70,3 +70,22 @@ def _fit(model, batch, steps: int, lr: float, **adamw) -> list[float]:
 def fit():
     """``fit(model, batch, steps, lr)``: a short training run of a tiny generator (``batch()`` gives loss args)."""
     return _fit
+
+
+def _fit_tokenizer(model, x: torch.Tensor, steps: int = 30, lr: float = 3e-3) -> list[float]:
+    """``steps`` Adam steps of a tokenizer's ``forward`` loss on one batch ``x``; returns the reconstruction losses."""
+    opt = torch.optim.Adam(model.parameters(), lr)
+    losses = []
+    for _ in range(steps):
+        _, parts = model(x)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append(parts["recon"].item())
+    return losses
+
+
+@pytest.fixture(scope="session")
+def fit_tokenizer():
+    """``fit_tokenizer(model, x)``: a short reconstruction run of a tiny tokenizer on one batch."""
+    return _fit_tokenizer

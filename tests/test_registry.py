@@ -16,6 +16,7 @@ from tokenizers_vis import (
     ImageTokenizer,
     OneDTokenizer,
     TrainConfig,
+    Video1DTokenizer,
     VideoTokenizer,
     create_tokenizer,
     list_tokenizers,
@@ -81,8 +82,9 @@ def test_builtin_families_equal_the_tables_and_checks_they_replaced():
         "vq1d": (OneDTokenizer, "vq1d-32-prior"),
         "dual": (DualTokenizer, "dual-f8"),
         "video": (VideoTokenizer, "video-f8t4"),
+        "video1d": (Video1DTokenizer, "video1d-32"),
     }
-    assert list(families) == ["vq2d", "vq1d", "dual", "video"]
+    assert list(families) == ["vq2d", "vq1d", "dual", "video", "video1d"]
     assert {kind: f.run_defaults for kind, f in families.items() if f.run_defaults} == {
         "video": {
             "data": "videos",
@@ -91,10 +93,18 @@ def test_builtin_families_equal_the_tables_and_checks_they_replaced():
             "image_batch_size": 16,
             "eval_samples": 128,
         },
+        "video1d": {
+            "data": "videos",
+            "train_samples": 4000,
+            "batch_size": 8,
+            "image_batch_size": 16,
+            "eval_samples": 128,
+            "eval_frames": 9,
+        },
         "dual": {"semantic_teacher": "clip"},
     }
     # the training loop's isinstance checks
-    assert [kind for kind, f in families.items() if f.takes_videos] == ["video"]
+    assert [kind for kind, f in families.items() if f.takes_videos] == ["video", "video1d"]
     assert [kind for kind, f in families.items() if f.accepts_teacher] == ["vq2d", "dual"]
     assert [kind for kind, f in families.items() if f.supports_gan] == ["vq2d"]
 
@@ -107,7 +117,9 @@ def test_subclasses_inherit_their_family_and_other_models_are_plain_image_tokeni
     peer = family_of(DiffusersVQTokenizer)
     assert not (peer.takes_videos or peer.accepts_teacher or peer.supports_gan)
     check_model_and_data(DiffusersVQTokenizer, TrainConfig())
-    with pytest.raises(ValueError, match=r"needs a video tokenizer \(--tokenizer video\); got a DiffusersVQ"):
+    with pytest.raises(
+        ValueError, match=r"needs a video tokenizer \(--tokenizer video \| video1d\); got a DiffusersVQ"
+    ):
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(data="videos"))
     with pytest.raises(ValueError, match="works with vq2d and dual tokenizers, not DiffusersVQTokenizer"):
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(semantic_teacher="clip"))
@@ -129,7 +141,7 @@ def test_a_new_family_is_picked_up_by_builders_cli_and_training_checks(toy_famil
     assert (cfg.preset, cfg.data, cfg.batch_size) == ("toy-b", "videos", 7)
 
     check_model_and_data(toy_family, TrainConfig(data="videos"))
-    with pytest.raises(ValueError, match=r"--tokenizer video \| toy"):
+    with pytest.raises(ValueError, match=r"--tokenizer video \| video1d \| toy"):
         check_model_and_data(ImageTokenizer, TrainConfig(data="videos"))
 
 

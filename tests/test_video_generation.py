@@ -92,6 +92,9 @@ def test_video_generator_trains_and_saves_a_video_pipeline(saved_parts, tmp_path
     assert Image.open(out / "samples.png").size == (5 * 33 + 1, 32 * 33 + 1)  # one clip per row
     pipe = TextToVideoPipeline.from_pretrained(out / "pipeline")
     assert pipe.generator.config.grid_size == [2, 4, 4]
+    record = json.loads((out / "pipeline" / "training.json").read_text())  # what the benchmark's table reads
+    assert record["generator"]["steps"] == 1 and record["generator"]["run_seconds"] > 0
+    assert record["tokenizer"] == {"folder": cfg.tokenizer}  # a bare model folder: no run metrics next to it
     assert pipe(PROMPTS[0], seed=0).frames.shape == (1, 5, 3, 32, 32)
 
 
@@ -117,8 +120,9 @@ def test_video_pipeline_round_trips_and_refuses_bad_calls(tmp_path):
         pipe(PROMPTS, num_candidates=2)
     with pytest.raises(ValueError, match="flow_steps does not apply"):
         pipe(PROMPTS, flow_steps=4)
-    with pytest.raises(ValueError, match=r"over \(t, h, w\) grids"):
-        TextToVideoPipeline(*tiny_parts(grid=(4, 4)))
+    image_tokenizer = create_tokenizer("vq-f8-tiny")
+    with pytest.raises(ValueError, match="needs a prompt-conditioned generator and a video tokenizer"):
+        TextToVideoPipeline(image_tokenizer, *tiny_parts(grid=(4, 4))[1:])
 
 
 def planted_clips() -> tuple[torch.Tensor, list[str]]:

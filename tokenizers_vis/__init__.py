@@ -8,6 +8,7 @@ from .quantizers import QUANTIZERS, Quantizer, QuantizerOutput, build_quantizer
 from .registry import PRESETS, create_tokenizer, list_tokenizers, load_tokenizer
 from .titok import OneDTokenizer
 from .training import TrainConfig, train_tokenizer
+from .video1d import Video1DTokenizer
 from .video_tokenizer import VideoTokenizer
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Quantizer",
     "QuantizerOutput",
     "TrainConfig",
+    "Video1DTokenizer",
     "VideoTokenizer",
     "build_quantizer",
     "convert_llamagen_vq",

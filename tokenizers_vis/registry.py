@@ -18,7 +18,7 @@ from diffusers import ModelMixin
 
 # Modules whose tokenizer classes register themselves on import, in the order the command line lists their
 # families. They import this module, so it imports them on first use rather than at the top.
-FAMILY_MODULES = ("image_tokenizer", "titok", "dual_tokenizer", "video_tokenizer")
+FAMILY_MODULES = ("image_tokenizer", "titok", "dual_tokenizer", "video_tokenizer", "video1d")
 DEFAULT_PRESET = "vq-f4"
 
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,16 @@ def config_from_file(cls: type, path: str | Path, **overrides: Any) -> Any:
     if unknown:
         raise ValueError(f"unknown config keys in {path}: {sorted(unknown)}")
     return cls(**{**values, **overrides})
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``), else whatever ``platform`` knows: benchmark tables name it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def resolve_mixed_precision(choice: str) -> str:

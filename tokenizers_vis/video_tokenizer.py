@@ -47,18 +47,20 @@ class CausalConv3d(nn.Module):
 
 
 class CausalResBlock(nn.Module):
-    """(FrameNorm, SiLU, causal conv) x 2 with a zero-initialised last conv (each block starts as the identity)."""
+    """(FrameNorm, SiLU, causal conv) x 2 with a zero-initialised last conv (each block starts as the identity).
+    ``time_kernel`` 1 makes the convolutions per frame (for stacks whose time mixing happens elsewhere)."""
 
-    def __init__(self, channels: int, groups: int = 32) -> None:
+    def __init__(self, channels: int, groups: int = 32, time_kernel: int = 3) -> None:
         super().__init__()
         groups = min(groups, channels)
+        kernel = (time_kernel, 3, 3)
         self.body = nn.Sequential(
             FrameNorm(groups, channels),
             nn.SiLU(),
-            CausalConv3d(channels, channels),
+            CausalConv3d(channels, channels, kernel),
             FrameNorm(groups, channels),
             nn.SiLU(),
-            CausalConv3d(channels, channels),
+            CausalConv3d(channels, channels, kernel),
         )
         nn.init.zeros_(self.body[-1].conv.weight)
         nn.init.zeros_(self.body[-1].conv.bias)
@@ -144,6 +146,7 @@ class VideoEncoder(nn.Module):
         channels: tuple[int, ...],
         num_res_blocks: int,
         groups: int,
+        time_kernel: int = 3,
     ) -> None:
         super().__init__()
         levels, time_levels = num_levels(spatial_factor), _time_levels(temporal_factor)
@@ -151,7 +154,7 @@ class VideoEncoder(nn.Module):
         for level, ch in enumerate(channels):
             if level > 0:
                 layers.append(SpatialDown(channels[level - 1], ch))
-            layers += [CausalResBlock(ch, groups) for _ in range(num_res_blocks)]
+            layers += [CausalResBlock(ch, groups, time_kernel) for _ in range(num_res_blocks)]
             if level >= levels - time_levels:
                 layers.append(TimeDown(ch, ch))
         layers += [
@@ -176,6 +179,7 @@ class VideoDecoder(nn.Module):
         channels: tuple[int, ...],
         num_res_blocks: int,
         groups: int,
+        time_kernel: int = 3,
     ) -> None:
         super().__init__()
         time_levels = _time_levels(temporal_factor)
@@ -186,7 +190,7 @@ class VideoDecoder(nn.Module):
                 layers.append(SpatialUp(rev[level - 1], ch))
             if level < time_levels:
                 layers.append(TimeUp(ch, ch))
-            layers += [CausalResBlock(ch, groups) for _ in range(num_res_blocks)]
+            layers += [CausalResBlock(ch, groups, time_kernel) for _ in range(num_res_blocks)]
         layers += [FrameNorm(min(groups, rev[-1]), rev[-1]), nn.SiLU(), CausalConv3d(rev[-1], 12)]
         self.layers = nn.Sequential(*layers)
 

@@ -12,9 +12,14 @@ from ..quantizers import QuantizerOutput, code_histogram, usage_stats
 
 
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
-    """``decode(encode(x))`` for any project tokenizer (the dual tokenizer's encode returns two index grids)."""
+    """``decode(encode(x))`` for any project tokenizer (the dual tokenizer's encode returns two index grids; a
+    1D video tokenizer's K tokens say nothing of the clip's length, so it is told: images are one-frame clips)."""
     codes = model.encode(x)
-    return model.decode(*codes) if isinstance(codes, tuple) else model.decode(codes)
+    if isinstance(codes, tuple):
+        return model.decode(*codes)
+    if getattr(model, "decodes_any_length", False):
+        return model.decode(codes, frames=x.shape[1] if x.ndim == 5 else 1)
+    return model.decode(codes)
 
 
 def codebook_sizes(model) -> tuple[int, ...]:

@@ -1,0 +1,183 @@
+"""Deep compressed video tokens: the 1D video tokenizer's shapes, its token count against clip length, learning,
+save/load, its refusals, and a text-to-video pipeline over its K tokens, on tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from generators import GeneratorTrainConfig, PromptEncoder, create_generator
+from generators.benchmark import BenchConfig, benchmark_video
+from generators.training import tokenize_split
+from generators.video import TextToVideoPipeline
+from tokenizers_vis import TrainConfig, Video1DTokenizer, create_tokenizer, load_tokenizer, train_tokenizer
+from tokenizers_vis.clip import CLIPEncoder
+from tokenizers_vis.data import MovingShapes
+from tokenizers_vis.evaluation import load_grader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROMPTS = ["a large red circle moving to the left", "a small blue star moving up"]
+
+
+def clips(count: int = 4, frames: int = 5) -> torch.Tensor:
+    data = MovingShapes(count, resolution=32, frames=frames)
+    return torch.stack([data[i]["video"] for i in range(count)])
+
+
+def test_token_count_is_independent_of_clip_length():
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny").eval()
+    k = model.config.num_tokens
+    for frames in (1, 5, 9):
+        assert model.encode(torch.rand(2, frames, 3, 32, 32) * 2 - 1).shape == (2, k)
+    assert model.encode(torch.rand(2, 3, 32, 32) * 2 - 1).shape == (2, k)  # an image is a one-frame clip
+    assert model.codebook_size == 16
+    indices = model.encode(clips())
+    assert 0 <= indices.min() and indices.max() < 16
+    assert model.decode(indices).shape == (4, 5, 3, 32, 32)  # the configured clip length
+    assert model.decode(indices, frames=9).shape == (4, 9, 3, 32, 32)
+    recon, losses = model(clips())
+    assert recon.shape == (4, 5, 3, 32, 32) and losses["loss"].ndim == 0
+
+
+def test_standard_presets_code_a_nine_frame_clip_in_32_or_64_tokens():
+    for name, k in (("video1d-32", 32), ("video1d-64", 64)):
+        model = create_tokenizer(name).eval()
+        assert model.codebook_size == 1000
+        assert model.encode(torch.zeros(1, 9, 3, 64, 64)).shape == (1, k)
+
+
+def test_bad_clips_and_configs_are_refused():
+    model = create_tokenizer("video1d-tiny")
+    with pytest.raises(ValueError, match=r"expected videos \(B, T, 3, 32, 32\)"):
+        model.encode(torch.zeros(1, 5, 3, 64, 64))
+    with pytest.raises(ValueError, match="must be 1 \\+ 4 \\* k and at most 9"):
+        model.encode(torch.zeros(1, 13, 3, 32, 32))
+    with pytest.raises(ValueError, match="must be 1 \\+ 4 \\* k"):
+        model.encode(torch.zeros(1, 4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"expected indices \(B, 8\)"):
+        model.decode(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds max_frames"):
+        Video1DTokenizer(frames=17, max_frames=9)
+
+
+def test_later_frames_reach_the_tokens():
+    """The K tokens code the whole clip, not only its first frame."""
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny").eval()
+    video = clips(1)
+    changed = video.clone()
+    changed[:, -1] = -changed[:, -1]
+    latents = []  # the K tokens before quantization (a tiny codebook may round a change away)
+    model.encoder_out.register_forward_hook(lambda module, args, out: latents.append(out))
+    with torch.no_grad():
+        model.encode(video), model.encode(changed)
+    assert (latents[0] - latents[1]).abs().amax() > 1e-3
+
+
+def test_learns_and_round_trips(tmp_path, fit_tokenizer):
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny")
+    videos = clips()
+    losses = fit_tokenizer(model, videos)
+    assert losses[-1] < 0.5 * losses[0]
+    model.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path).eval()
+    model.eval()
+    assert isinstance(loaded, Video1DTokenizer)
+    assert torch.equal(loaded.encode(videos), model.encode(videos))
+    assert torch.equal(loaded.decode(model.encode(videos)), model.decode(model.encode(videos)))
+
+
+def tiny_pipeline() -> TextToVideoPipeline:
+    torch.manual_seed(0)
+    tokenizer = create_tokenizer("video1d-tiny").eval()
+    clip = CLIPEncoder.create(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
+    encoder = PromptEncoder(clip)
+    k = tokenizer.config.num_tokens
+    generator = create_generator(
+        "nt-tiny", codebook_size=tokenizer.codebook_size, grid_size=(k,), prompt_dim=encoder.dim, prompt_length=32
+    )
+    return TextToVideoPipeline(tokenizer, generator, encoder, defaults={"guidance_scale": 2.0})
+
+
+def test_text_to_video_pipeline_over_deep_tokens_round_trips(tmp_path):
+    pipe = tiny_pipeline()
+    out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3)
+    assert out.tokens.shape == (4, 8) and out.frames.shape == (4, 5, 3, 32, 32)
+    assert 0 <= out.frames.min() and out.frames.max() <= 1
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = TextToVideoPipeline.from_pretrained(tmp_path / "pipe")(PROMPTS, num_videos_per_prompt=2, seed=3)
+    assert torch.equal(again.tokens, out.tokens) and torch.equal(again.frames, out.frames)
+
+
+def test_clips_are_cached_as_k_token_rows(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "tokenizer"
+    tokenizer = create_tokenizer("video1d-tiny").eval()
+    tokenizer.save_pretrained(folder)
+    cfg = GeneratorTrainConfig(
+        tokenizer=str(folder),
+        data="videos",
+        frames=5,
+        resolution=32,
+        eval_samples=6,
+        cache_dir=str(tmp_path / "cache"),
+        mixed_precision="no",
+    )
+    data = tokenize_split(tokenizer, "heldout", cfg, "prompt", Accelerator(cpu=True))
+    assert data.grid == (8,) and len(data) == 6
+    clip = MovingShapes(6, 32, frames=5, split="heldout", seed=0)[4]["video"]
+    assert torch.equal(data.tokens(torch.tensor([4]))[0], tokenizer.encode(clip[None])[0])
+
+
+def test_train_tokenizer_runs_the_video1d_family_and_writes_its_pictures(tmp_path):
+    cfg = TrainConfig(
+        preset="video1d-tiny",
+        data="videos",
+        resolution=32,
+        frames=5,
+        eval_frames=5,
+        train_samples=16,
+        eval_samples=4,
+        ood_samples=4,
+        batch_size=2,
+        image_batch_size=4,
+        steps=2,
+        output_dir=str(tmp_path / "run"),
+        num_workers=0,
+        mixed_precision="no",
+    )
+    metrics = train_tokenizer(cfg)
+    assert metrics["tokenizer"] == "Video1DTokenizer" and metrics["steps"] == 2
+    assert {"psnr", "psnr_ood_scenes", "psnr_ood_photos"} <= set(metrics)
+    for name in ("reconstructions.gif", "reconstructions.png", "reconstructions_ood.png"):
+        assert (tmp_path / "run" / name).is_file()
+    assert isinstance(load_tokenizer(tmp_path / "run" / "model"), Video1DTokenizer)
+
+
+def test_video_benchmark_grades_deep_token_clips_with_fd_and_speed():
+    torch.manual_seed(0)
+    tokenizer = create_tokenizer("video1d-tiny", image_size=64, frames=9).eval()  # the benchmark's 64-px clips
+    pipe = tiny_pipeline()
+    pipe = TextToVideoPipeline(tokenizer, pipe.generator, pipe.prompt_encoder)
+    bench = benchmark_video(pipe, load_grader(ROOT / "assets" / "grader"), BenchConfig(prompts=3), [1.0, 2.0])
+    assert [row["guidance"] for row in bench.rows] == [1.0, 2.0] and len(bench.captions) == 3
+    for row in bench.rows:
+        assert 0 <= row["appearance_accuracy"] <= 1 and 0 <= row["direction_accuracy"] <= 1 and row["fd"] > 0
+    assert bench.outputs[0].frames.shape == (6, 9, 3, 64, 64)
+    assert bench.references["real"]["appearance_accuracy"] > 0.6  # the grader reads real clips
+    assert bench.facts["tokens_per_clip"] == 8 and bench.facts["seconds_per_clip"] > 0
+    assert bench.facts["fd_reconstructed"] > 0
+
+
+def test_generate_routes_motion_prompts_to_the_video_pipeline(tmp_path, run_script):
+    image_pipe = ROOT / "assets" / "pipeline"
+    mixed = run_script("generate", "--prompt", PROMPTS[0], "--prompt", "a large red circle at the top left")
+    assert mixed.returncode != 0 and "Traceback" not in mixed.stderr and "describe motion" in mixed.stderr
+    refused = run_script("generate", "--pipeline", str(image_pipe), "--video", "--prompt", PROMPTS[0])
+    assert refused.returncode != 0 and "needs a text-to-video pipeline" in refused.stderr

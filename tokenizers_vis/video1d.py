@@ -1,0 +1,212 @@
+"""Deep compressed video tokens (DiCoDe style): a clip becomes K quantized tokens, K fixed by the model, not by the
+clip's length or frame size, so an autoregressive generator models a few dozen tokens per clip instead of a grid of
+hundreds.
+
+The stack is the two tokenizers the suite already has, joined at their latent grids:
+
+- encoder: the causal 3D convolutional encoder of :class:`~.video_tokenizer.VideoTokenizer` down to a (t, h, w)
+  feature grid, then the latent-token transformer of :class:`~.titok.OneDTokenizer`: K learned latents read that
+  grid (with its space and time position embeddings) and are quantized;
+- decoder: the K codes and one mask token per (t, h, w) cell through a transformer, then the causal 3D decoder.
+
+Convolutions carry the image prior (a plain ViT autoencoder learns slowly at this scale, see ``titok``); the
+transformers only move information between the grid and the K tokens. With ``raster_prior`` the latents start from
+the grid average-pooled to K in (t, h, w) order, so early tokens describe early frames, which is also the order an
+autoregressive generator writes them in.
+
+A still image is a one-frame clip: it too becomes K tokens (joint image-video training feeds both).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from einops import rearrange
+from torch import nn
+
+from .convnets import num_levels
+from .image_tokenizer import RECON_LOSSES, reconstruction_losses
+from .quantizers import QuantizerOutput, build_quantizer
+from .registry import TokenizerFamily, register_family, register_preset
+from .titok import _blocks
+from .video_tokenizer import VideoDecoder, VideoEncoder, VideoTokenizer
+
+
+@register_family
+class Video1DTokenizer(ModelMixin, ConfigMixin):
+    """Videos (B, T, 3, S, S) in [-1, 1], T = 1 + temporal_factor * k <= ``max_frames``, S = ``image_size``, to
+    ``num_tokens`` indices (B, K) and back; images (B, 3, S, S) are one-frame clips. ``decode`` rebuilds
+    ``frames`` frames unless told otherwise (the clip length it was trained on).
+
+    ``forward`` returns ``(reconstruction, losses)`` like every tokenizer.
+    """
+
+    decodes_any_length = True  # decode(indices, frames): reconstruct() passes the input's clip length
+
+    # Run defaults as the grid video tokenizer's (clip batches plus still scenes), with held-out clips as long as
+    # the training clips: the time embeddings of longer clips would be untrained.
+    family = TokenizerFamily(
+        kind="video1d",
+        default_preset="video1d-32",
+        takes_videos=True,
+        run_defaults={
+            "data": "videos",
+            "train_samples": 4000,
+            "batch_size": 8,
+            "image_batch_size": 16,
+            "eval_samples": 128,
+            "eval_frames": 9,
+        },
+    )
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int = 64,
+        frames: int = 9,
+        max_frames: int = 17,
+        spatial_factor: int = 8,
+        temporal_factor: int = 4,
+        channels: tuple[int, ...] = (32, 64, 128),
+        res_blocks: int = 1,
+        time_kernel: int = 1,
+        norm_groups: int = 32,
+        num_tokens: int = 32,
+        width: int = 128,
+        encoder_depth: int = 2,
+        decoder_depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        embed_dim: int = 4,
+        quantizer_type: str = "fsq",
+        codebook_size: int = 1000,
+        quantizer_kwargs: dict | None = None,
+        recon_loss: str = "l2",
+        quantizer_weight: float = 1.0,
+        raster_prior: bool = True,
+    ) -> None:
+        super().__init__()
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
+        if len(channels) != num_levels(spatial_factor):
+            raise ValueError(f"spatial_factor {spatial_factor} needs {num_levels(spatial_factor)} channel levels")
+        if image_size % spatial_factor:
+            raise ValueError(f"image_size {image_size} must be a multiple of spatial_factor {spatial_factor}")
+        for name, n in (("frames", frames), ("max_frames", max_frames)):
+            if n < 1 or (n - 1) % temporal_factor:
+                raise ValueError(f"{name} must be 1 + {temporal_factor} * k, got {n}")
+        if frames > max_frames:
+            raise ValueError(f"frames {frames} exceeds max_frames {max_frames}")
+        if quantizer_type == "fsq" and not quantizer_kwargs:
+            quantizer_kwargs = {"levels": [8, 5, 5, 5]}  # 1000 codes over 4 dimensions
+        args = (spatial_factor, temporal_factor, tuple(channels))
+        self.encoder_cnn = VideoEncoder(width, *args, res_blocks, norm_groups, time_kernel)
+        self.decoder_cnn = VideoDecoder(width, *args, res_blocks, norm_groups, time_kernel)
+        cells = (image_size // spatial_factor) ** 2
+        steps = 1 + (max_frames - 1) // temporal_factor
+        scale = width**-0.5
+        # space and time position tables, one pair for the encoder's grid and one for the decoder's mask tokens
+        self.grid_space = nn.Parameter(torch.randn(cells, width) * scale)
+        self.grid_time = nn.Parameter(torch.randn(steps, width) * scale)
+        self.mask_space = nn.Parameter(torch.randn(cells, width) * scale)
+        self.mask_time = nn.Parameter(torch.randn(steps, width) * scale)
+        self.latents = nn.Parameter(torch.randn(num_tokens, width) * scale)
+        self.encoder = _blocks(width, encoder_depth, heads, mlp_ratio)
+        self.encoder_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+        self.quantizer = build_quantizer(quantizer_type, embed_dim, codebook_size, **(quantizer_kwargs or {}))
+        self.decoder_in = nn.Linear(embed_dim, width)
+        self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * scale)
+        self.decoder = _blocks(width, decoder_depth, heads, mlp_ratio)
+        self.decoder_out = nn.LayerNorm(width)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    latent_frames = VideoTokenizer.latent_frames  # the same causal time grid as the convolutional stack's
+
+    def _as_video(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) or images (B, 3, S, S) -> (B, 3, T, S, S), checked."""
+        if videos.ndim == 4:
+            videos = videos[:, None]
+        s, tf, most = self.config.image_size, self.config.temporal_factor, self.config.max_frames
+        if videos.ndim != 5 or tuple(videos.shape[2:]) != (3, s, s):
+            raise ValueError(
+                f"expected videos (B, T, 3, {s}, {s}) or images (B, 3, {s}, {s}), got {tuple(videos.shape)}"
+            )
+        t = videos.shape[1]
+        if (t - 1) % tf or t > most:
+            raise ValueError(f"the number of frames must be 1 + {tf} * k and at most {most}, got {t}")
+        return rearrange(videos, "b t c h w -> b c t h w")
+
+    def _positions(self, space: torch.Tensor, time: torch.Tensor, steps: int) -> torch.Tensor:
+        """Position embeddings of a (steps, h, w) grid in (t, h, w) order: (steps * h * w, width)."""
+        return (time[:steps, None] + space[None]).flatten(0, 1)
+
+    def quantize(self, videos: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        """-> quantized tokens (B, K, D) and the quantizer's output (indices (B, K))."""
+        feats = self.encoder_cnn(self._as_video(videos))
+        grid = rearrange(feats, "b c t h w -> b (t h w) c") + self._positions(
+            self.grid_space, self.grid_time, feats.shape[2]
+        )
+        latents = self.latents.expand(len(grid), -1, -1)
+        if self.config.raster_prior:
+            latents = latents + F.adaptive_avg_pool1d(grid.transpose(1, 2), len(self.latents)).transpose(1, 2)
+        x = torch.cat([grid, latents], dim=1)
+        out = self.quantizer(self.encoder_out(self.encoder(x)[:, grid.shape[1] :]))
+        return out.quantized, out
+
+    def encode(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) (or (B, 3, S, S)) in [-1, 1] -> indices (B, K)."""
+        return self.quantize(videos)[1].indices.long()
+
+    def decode_latents(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """Quantized tokens (B, K, D) -> videos (B, frames, 3, S, S)."""
+        frames = frames or self.config.frames
+        steps, side = self.latent_frames(frames), self.config.image_size // self.config.spatial_factor
+        tokens = self.decoder_in(z) + self.token_pos
+        mask = self._positions(self.mask_space, self.mask_time, steps).expand(len(z), -1, -1)
+        if self.config.raster_prior:  # nearest up-sampling inverts the encoder's pooling
+            mask = mask + F.interpolate(tokens.transpose(1, 2), size=mask.shape[1], mode="nearest").transpose(1, 2)
+        x = torch.cat([tokens, mask], dim=1)
+        cells = self.decoder_out(self.decoder(x)[:, tokens.shape[1] :])
+        feats = rearrange(cells, "b (t h w) c -> b c t h w", t=steps, h=side)
+        return rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w")
+
+    def decode(self, indices: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """Indices (B, K) -> videos (B, frames, 3, S, S) in roughly [-1, 1] (``frames`` default: config ``frames``)."""
+        if indices.ndim != 2 or indices.shape[1] != self.config.num_tokens:
+            raise ValueError(f"expected indices (B, {self.config.num_tokens}), got {tuple(indices.shape)}")
+        return self.decode_latents(self.quantizer.codes(indices), frames)
+
+    def forward(self, videos: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        target = videos if videos.ndim == 5 else videos[:, None]
+        z, out = self.quantize(videos)
+        recon = self.decode_latents(z, target.shape[1])
+        flat = (recon.flatten(0, 1), target.flatten(0, 1))
+        losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
+        return recon, losses
+
+
+# 9-frame 64x64 clips -> 32 or 64 tokens of 1000 FSQ codes (the grid tokenizer video-f4t4 uses 768 of 1024)
+register_preset("video1d-32", Video1DTokenizer, num_tokens=32)
+register_preset("video1d-64", Video1DTokenizer, num_tokens=64)
+# for tests and smoke runs
+register_preset(
+    "video1d-tiny",
+    Video1DTokenizer,
+    image_size=32,
+    frames=5,
+    max_frames=9,
+    channels=(16, 32, 32),
+    norm_groups=8,
+    num_tokens=8,
+    width=32,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    quantizer_kwargs={"levels": [4, 4]},
+    embed_dim=2,
+)
