@@ -107,6 +107,7 @@ def test_builtin_families_equal_the_tables_and_checks_they_replaced():
     assert [kind for kind, f in families.items() if f.takes_videos] == ["video", "video1d"]
     assert [kind for kind, f in families.items() if f.accepts_teacher] == ["vq2d", "dual"]
     assert [kind for kind, f in families.items() if f.supports_gan] == ["vq2d"]
+    assert [kind for kind, f in families.items() if f.decodes_any_length] == ["video1d"]
 
 
 def test_subclasses_inherit_their_family_and_other_models_are_plain_image_tokenizers():

@@ -31,6 +31,8 @@ class TokenizerFamily:
     takes_videos: bool = False  # (B, T, 3, H, W) clips, an image being a one-frame clip; else (B, 3, H, W) images
     accepts_teacher: bool = False  # forward(x, semantic_target) aligns a feature to a frozen teacher's
     supports_gan: bool = False  # has the decoder.last_layer that the PatchGAN loss's adaptive weight reads
+    # decode(indices, frames=T): its tokens do not say the clip's length, so reconstructions are told it
+    decodes_any_length: bool = False
     run_defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of `--tokenizer <kind>` runs
 
 

@@ -43,14 +43,13 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
     ``forward`` returns ``(reconstruction, losses)`` like every tokenizer.
     """
 
-    decodes_any_length = True  # decode(indices, frames): reconstruct() passes the input's clip length
-
     # Run defaults as the grid video tokenizer's (clip batches plus still scenes), with held-out clips as long as
     # the training clips: the time embeddings of longer clips would be untrained.
     family = TokenizerFamily(
         kind="video1d",
         default_preset="video1d-32",
         takes_videos=True,
+        decodes_any_length=True,
         run_defaults={
             "data": "videos",
             "train_samples": 4000,

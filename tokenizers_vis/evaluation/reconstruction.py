@@ -9,6 +9,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..quantizers import QuantizerOutput, code_histogram, usage_stats
+from ..registry import family_of
 
 
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
@@ -17,7 +18,7 @@ def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
     codes = model.encode(x)
     if isinstance(codes, tuple):
         return model.decode(*codes)
-    if getattr(model, "decodes_any_length", False):
+    if family_of(type(model)).decodes_any_length:
         return model.decode(codes, frames=x.shape[1] if x.ndim == 5 else 1)
     return model.decode(codes)
 
