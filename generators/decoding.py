@@ -36,9 +36,9 @@ from .transformer import KVCache, Transformer, thin_input_layout
 if TYPE_CHECKING:
     from .next_token import NextTokenGenerator
 
-# the most rows (batch x 2 with guidance) a decode step may have for thin_input_layout to pay: its matmuls ran 1.5x
-# faster at 2 rows, about even at 4 and 8, slower at 16 (2-core AVX2 CPU, MKL)
-THIN_ROWS = 8
+# the most rows (batch x 2 with guidance) a decode step may have for thin_input_layout to pay (measured up to 16 rows
+# on a 2-core CPU; benchmarks/sampler.md)
+THIN_ROWS = 16
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +39,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 @contextmanager
-def thin_input_layout(module: nn.Module) -> Iterator[None]:
-    """Within the block, every ``nn.Linear`` weight of ``module`` is stored input-major: same parameter, values
-    and shape, transposed strides. ``F.linear`` on a few rows (a decode step's) then multiplies by a contiguous
-    (in, out) matrix, which MKL streams at a higher rate than the usual (out, in) layout (1.4-1.5x on two rows,
-    on a 2-core AVX2 CPU; benchmarks/sampler.md); from about 16 rows on the usual layout is faster. Costs one
-    transposing copy of the weights on entry and one on exit, when the weights are back in their usual layout."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+def thin_input_layout(module: nn.Module, parts: int | None = None) -> Iterator[None]:
+    """Within the block, every bias-free ``nn.Linear`` of ``module`` multiplies by a copy of its weight stored
+    input-major and cut into ``parts`` column blocks ``(parts, in, out / parts)`` (default: one per intra-op
+    thread), in one batched matmul. On a few rows (a decode step's) MKL streams a contiguous (in, out) matrix faster
+    than the usual (out, in) layout, and splits a thin matmul across threads poorly by itself; the batched matmul
+    gives each thread a contiguous block of its own (benchmarks/sampler.md). Every output is the same dot product
+    over the same weights. Costs one copy of those weights while the block runs; the parameters are not touched."""
+    parts = parts or torch.get_num_threads()
+    patched = [m for m in module.modules() if isinstance(m, nn.Linear) and m.bias is None]
     with torch.no_grad():
-        for m in linears:
-            m.weight.data = m.weight.data.t().contiguous().t()
+        for m in patched:
+            p = parts if m.out_features % parts == 0 else 1
+            blocks = m.weight.view(p, m.out_features // p, m.in_features).transpose(1, 2).contiguous()
+            m.forward = partial(_blocked_linear, blocks)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for m in linears:
-                m.weight.data = m.weight.data.contiguous()
+        for m in patched:
+            del m.forward
+
+
+def _blocked_linear(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` for ``x`` ``(..., in)``, ``W`` given as input-major column blocks ``(parts, in, out / parts)``."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(blocks) == 1:
+        y = rows @ blocks[0]
+    else:
+        y = torch.bmm(rows.expand(len(blocks), -1, -1), blocks).transpose(0, 1).reshape(len(rows), -1)
+    return y.view(*x.shape[:-1], -1)
 
 
 class KVCache:
