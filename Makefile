@@ -61,13 +61,15 @@ assets-nx: $(STAMP)
 # assets/pipeline's prompt encoder (linked, not copied: the folder stays under 10 MB).
 VIDEO := runs/assets/video
 VIDEO_TOKENIZER_STEPS := 2000
-VIDEO_GEN_STEPS := --steps 2500 --batch-size 64 --train-samples 20000
+VIDEO_GEN_STEPS := --steps 5000 --batch-size 64 --train-samples 20000
 assets-video: $(STAMP)
 	$(BIN)/accelerate launch scripts/train_tokenizer.py --tokenizer video1d --steps $(VIDEO_TOKENIZER_STEPS) \
 		--palette classic --photo-fraction 0 --output-dir $(VIDEO)/tokenizer
 	$(BIN)/accelerate launch scripts/train_generator.py --data videos --tokenizer $(VIDEO)/tokenizer/model \
 		--preset nt-video $(VIDEO_GEN_STEPS) --eval-samples 256 --pipeline-dtype bfloat16 \
 		--pipeline-tokenizer-dtype bfloat16 --output-dir $(VIDEO)/generator
+	$(BIN)/python scripts/tune_sampling.py --pipeline $(VIDEO)/generator/pipeline --guidance-scales 2,3,4 \
+		--temperatures 1.0,0.7,0.5 --top-ks 0 --write
 	rm -rf assets/video_pipeline && cp -r $(VIDEO)/generator/pipeline assets/video_pipeline
 	rm -r assets/video_pipeline/prompt_encoder && ln -s ../pipeline/prompt_encoder assets/video_pipeline/prompt_encoder
 
