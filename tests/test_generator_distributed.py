@@ -94,6 +94,8 @@ with torch.no_grad():
     param.to_local()[0] = float("nan") if rank == 1 else 0.0
 result |= {"wrapped": wrap.__name__, "param_type": type(param).__name__, "bad": first_nonfinite(model), "name": name}
 (out / f"rank{rank}.json").write_text(json.dumps(result))
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()  # left to interpreter exit, gloo's threads once aborted a rank (SIGABRT)
 """
 
 
