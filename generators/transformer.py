@@ -51,7 +51,7 @@ def thin_input_layout(module: nn.Module, parts: int | None = None) -> Iterator[N
     with torch.no_grad():
         for m in patched:
             p = parts if m.out_features % parts == 0 else 1
-            blocks = m.weight.view(p, m.out_features // p, m.in_features).transpose(1, 2).contiguous()
+            blocks = m.weight.reshape(p, m.out_features // p, m.in_features).transpose(1, 2).contiguous()
             m.forward = partial(_blocked_linear, blocks)
     try:
         yield

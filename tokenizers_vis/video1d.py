@@ -26,12 +26,11 @@ from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import nn
 
-from .convnets import num_levels
-from .image_tokenizer import RECON_LOSSES, reconstruction_losses
+from .image_tokenizer import reconstruction_losses
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 from .titok import _blocks
-from .video_tokenizer import VideoDecoder, VideoEncoder, VideoTokenizer
+from .video_tokenizer import VideoDecoder, VideoEncoder, VideoTokenizer, check_video_stack
 
 
 @register_family
@@ -50,14 +49,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         default_preset="video1d-32",
         takes_videos=True,
         decodes_any_length=True,
-        run_defaults={
-            "data": "videos",
-            "train_samples": 4000,
-            "batch_size": 8,
-            "image_batch_size": 16,
-            "eval_samples": 128,
-            "eval_frames": 9,
-        },
+        run_defaults={**VideoTokenizer.family.run_defaults, "eval_frames": 9},
     )
 
     @register_to_config
@@ -87,10 +79,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         raster_prior: bool = True,
     ) -> None:
         super().__init__()
-        if recon_loss not in RECON_LOSSES:
-            raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
-        if len(channels) != num_levels(spatial_factor):
-            raise ValueError(f"spatial_factor {spatial_factor} needs {num_levels(spatial_factor)} channel levels")
+        check_video_stack(recon_loss, spatial_factor, temporal_factor, channels)
         if image_size % spatial_factor:
             raise ValueError(f"image_size {image_size} must be a multiple of spatial_factor {spatial_factor}")
         for name, n in (("frames", frames), ("max_frames", max_frames)):

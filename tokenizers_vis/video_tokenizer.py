@@ -198,6 +198,16 @@ class VideoDecoder(nn.Module):
         return _stem_up(self.layers(z))
 
 
+def check_video_stack(recon_loss: str, spatial_factor: int, temporal_factor: int, channels: tuple[int, ...]) -> None:
+    """Refuses a causal 3D convolutional stack the encoder and decoder cannot build, saying what fits."""
+    if recon_loss not in RECON_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
+    if len(channels) != num_levels(spatial_factor):
+        raise ValueError(f"spatial_factor {spatial_factor} needs {num_levels(spatial_factor)} channel levels")
+    if _time_levels(temporal_factor) > len(channels):
+        raise ValueError("temporal_factor needs at most one halving per channel level")
+
+
 @register_family
 class VideoTokenizer(ModelMixin, ConfigMixin):
     """Videos (B, T, 3, H, W) in [-1, 1] with T = 1 + temporal_factor * k -> indices (B, 1 + k, H/f, W/f) and
@@ -239,12 +249,7 @@ class VideoTokenizer(ModelMixin, ConfigMixin):
         quantizer_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if recon_loss not in RECON_LOSSES:
-            raise ValueError(f"unknown reconstruction loss {recon_loss!r}; accepted: {', '.join(RECON_LOSSES)}")
-        if len(channels) != num_levels(spatial_factor):
-            raise ValueError(f"spatial_factor {spatial_factor} needs {num_levels(spatial_factor)} channel levels")
-        if _time_levels(temporal_factor) > len(channels):
-            raise ValueError("temporal_factor needs at most one halving per channel level")
+        check_video_stack(recon_loss, spatial_factor, temporal_factor, channels)
         args = (spatial_factor, temporal_factor, tuple(channels))
         self.encoder = VideoEncoder(embed_dim, *args, encoder_res_blocks, norm_groups)
         self.decoder = VideoDecoder(embed_dim, *args, decoder_res_blocks, norm_groups)
