@@ -56,6 +56,7 @@ class VQAItem:
     question: str
     answer: str
     kind: str  # one of QUESTION_TYPES
+    referent: int = -1  # the labels row of the object the question is about; -1 = none (count questions)
 
 
 def scene_questions(labels: torch.Tensor, vocab: SceneVocab) -> dict[str, list[VQAItem]]:
@@ -64,18 +65,20 @@ def scene_questions(labels: torch.Tensor, vocab: SceneVocab) -> dict[str, list[V
     A colour question names a shape that occurs once; a position question names a (colour, shape) pair that occurs
     once; a shape question names an occupied cell (cells hold at most one object).
     """
-    objects = [tuple(int(v) for v in row) for row in labels.tolist() if row[0] >= 0]
-    shape_count = Counter(o[0] for o in objects)
-    pair_count = Counter((o[0], o[1]) for o in objects)
+    objects = {i: tuple(int(v) for v in row) for i, row in enumerate(labels.tolist()) if row[0] >= 0}
+    shape_count = Counter(o[0] for o in objects.values())
+    pair_count = Counter((o[0], o[1]) for o in objects.values())
     out: dict[str, list[VQAItem]] = {k: [] for k in QUESTION_TYPES}
     out["count"].append(VQAItem("how many objects are there ?", COUNT_WORDS[len(objects)], "count"))
-    for shape, colour, _, cell in objects:
-        out["shape"].append(VQAItem(f"what shape is at the {vocab.positions[cell]} ?", vocab.shapes[shape], "shape"))
+    for row, (shape, colour, _, cell) in objects.items():
+        question = f"what shape is at the {vocab.positions[cell]} ?"
+        out["shape"].append(VQAItem(question, vocab.shapes[shape], "shape", row))
         if shape_count[shape] == 1:
-            out["colour"].append(VQAItem(f"what colour is the {vocab.shapes[shape]} ?", vocab.colors[colour], "colour"))
+            question = f"what colour is the {vocab.shapes[shape]} ?"
+            out["colour"].append(VQAItem(question, vocab.colors[colour], "colour", row))
         if pair_count[(shape, colour)] == 1:
             question = f"where is the {vocab.colors[colour]} {vocab.shapes[shape]} ?"
-            out["position"].append(VQAItem(question, vocab.position_answer(cell), "position"))
+            out["position"].append(VQAItem(question, vocab.position_answer(cell), "position", row))
     return out
 
 
@@ -250,6 +253,17 @@ def token_targets(labels: torch.Tensor, vocab: SceneVocab, grid: int) -> torch.T
     return out
 
 
+def referent_targets(items: Sequence[Sequence[VQAItem]], scenes: Sequence[dict], slots: int) -> torch.Tensor:
+    """Shape / colour / cell ids of each question's object, ``(B, slots, 3)``, -1 where a question names none (count
+    questions) and in slots beyond a row's questions. ``items[b]`` are the questions about ``scenes[b]``."""
+    out = torch.full((len(items), slots, 3), -1, dtype=torch.long)
+    for b, (row, scene) in enumerate(zip(items, scenes, strict=True)):
+        for j, item in enumerate(row):
+            if item.referent >= 0:
+                out[b, j] = scene["labels"][item.referent, [0, 1, 3]]
+    return out
+
+
 # ---- training ----------------------------------------------------------------------------------------------------
 
 
@@ -262,7 +276,9 @@ def pack_questions(
     the prefix, so each segment is exactly the single-question prompt of ``encode`` (RoPE is relative, left padding
     only shifts it) while the image is encoded, and its visual tokens run through the decoder, once per image.
 
-    Returns ``input_ids`` / ``position_ids`` ``(B, L)``, ``attention_mask`` ``(B, 1, L, L)`` (bool, True = attend),
+    Returns ``input_ids`` / ``position_ids`` ``(B, L)``, ``attention_mask`` ``(B, 1, L, L)`` (float32, additive: 0 =
+    attend, the dtype's minimum = masked; transformers passes a 4D mask through as is, and its eager attention adds
+    it, so a boolean one would mask nothing there),
     ``target_index`` / ``target`` ``(B, 2K)``: where the answer and its ``<eos>`` are predicted and what (-100 = none).
     """
     prefix = 1 + num_image_tokens
@@ -298,7 +314,7 @@ def pack_questions(
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "attention_mask": mask[:, None],
+        "attention_mask": torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)[:, None],
         "target_index": target_index,
         "target": target,
     }
@@ -317,6 +333,7 @@ def train(
     seed: int = 0,
     autocast: bool = True,
     grounding_weight: float = 1.0,
+    referent_weight: float = 1.0,
     time_limit: float | None = None,
     log: Callable[[int, float], None] | None = None,
 ) -> int:
@@ -325,9 +342,15 @@ def train(
 
     An auxiliary grounding loss (weight ``grounding_weight``; linear heads on the projected visual tokens predict the
     shape, colour and cell of the object a token sees, ``token_targets``) makes the visual tokens informative from
-    the first steps; without it the decoder sits for many hundred steps on the answer prior. The heads are discarded.
+    the first steps; without it the decoder sits for many hundred steps on the answer prior. A second auxiliary loss
+    (weight ``referent_weight``) has linear heads on the decoder's output where the answer is predicted name the
+    shape, colour and cell of the object the question is about (``VQAItem.referent``), whatever was asked: the
+    decoder's errors are retrievals of the wrong object, and this gives that retrieval three targets per question
+    instead of one. The heads are discarded.
     With ``time_limit`` (seconds) the cosine schedule follows elapsed time too and training stops when it is spent.
-    ``autocast`` runs the forward in bfloat16 on the model's device type. Returns the steps run.
+    ``autocast`` runs the forward in bfloat16 on the model's device type. Training runs the eager attention (its
+    backward is faster than SDPA's on CPU at these sizes); the model's own attention is restored. Returns the steps
+    run.
     """
     rng = random.Random(seed)
     n_img = num_image_tokens(model)
@@ -335,14 +358,19 @@ def train(
     device = model.device
     classes = (len(vocab.shapes), len(vocab.colors), len(vocab.positions))
     heads = torch.nn.ModuleList(torch.nn.Linear(dim, c) for c in classes).to(device)
-    params = [*model.parameters(), *heads.parameters()]
+    referent_heads = torch.nn.ModuleList(torch.nn.Linear(dim, c) for c in classes).to(device)
+    params = [*model.parameters(), *heads.parameters(), *referent_heads.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    # the projected visual tokens, caught at the projector: the output field that carries them differs between
-    # transformers releases (image_hidden_states, image_outputs)
+    # the projected visual tokens and the decoder's output, caught by hooks: the output fields that carry them differ
+    # between transformers releases (image_hidden_states, image_outputs; hidden_states only on request)
     projected: list[torch.Tensor] = []
-    hook = model.get_submodule("model.multi_modal_projector").register_forward_hook(
-        lambda module, args, output: projected.append(output)
-    )
+    decoded: list[torch.Tensor] = []
+    hooks = [
+        model.get_submodule(name).register_forward_hook(lambda module, args, output, into=into: into.append(output))
+        for name, into in (("model.multi_modal_projector", projected), ("model.language_model.norm", decoded))
+    ]
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("eager")
     start = time.perf_counter()
 
     def progress(step: int) -> float:
@@ -363,6 +391,7 @@ def train(
         items = [[sample_question(s["labels"], vocab, rng) for _ in range(questions_per_image)] for s in picks]
         batch = {k: v.to(device) for k, v in pack_questions(tokenizer, n_img, items).items()}
         target_index, target = batch.pop("target_index"), batch.pop("target")
+        referents = referent_targets(items, picks, target_index.shape[1] // 2).to(device)  # (B, Q, 3)
         batch["pixel_values"] = torch.stack([s["image"] for s in picks]).to(device)
         labels = torch.stack([s["labels"] for s in picks])
         grounding = token_targets(labels, vocab, math.isqrt(n_img)).to(device)
@@ -370,12 +399,19 @@ def train(
             out = model(**batch)
             visual = projected.pop().view(len(picks), n_img, -1)  # (B, N, D)
             aux = [head(visual).float() for head in heads]
+            at_answer = decoded.pop().gather(1, target_index[:, ::2, None].expand(-1, -1, dim))  # (B, Q, D)
+            about = [head(at_answer).float() for head in referent_heads]
         logits = out.logits.float().gather(1, target_index[..., None].expand(-1, -1, out.logits.shape[-1]))
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
         seen = grounding[..., 0] >= 0
         if grounding_weight > 0 and seen.any():
             loss = loss + grounding_weight * sum(
                 F.cross_entropy(a[seen], grounding[..., i][seen]) for i, a in enumerate(aux)
+            )
+        named = referents[..., 0] >= 0
+        if referent_weight > 0 and named.any():
+            loss = loss + referent_weight * sum(
+                F.cross_entropy(a[named], referents[..., i][named]) for i, a in enumerate(about)
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -389,6 +425,8 @@ def train(
         if time_limit is not None and time.perf_counter() - start > time_limit:
             break
     bar.close()
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
+    model.set_attn_implementation(attention)
     model.eval()
     return done
