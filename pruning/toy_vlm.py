@@ -264,6 +264,15 @@ def referent_targets(items: Sequence[Sequence[VQAItem]], scenes: Sequence[dict],
     return out
 
 
+def _attribute_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor | float:
+    """Summed cross-entropy of the shape / colour / cell heads: ``logits[i]`` ``(..., C_i)`` against ``targets[..., i]``
+    over the rows whose targets are known (``targets[..., 0] >= 0``); 0 when none is."""
+    known = targets[..., 0] >= 0
+    if not known.any():
+        return 0.0
+    return sum(F.cross_entropy(a[known], targets[..., i][known]) for i, a in enumerate(logits))
+
+
 # ---- training ----------------------------------------------------------------------------------------------------
 
 
@@ -386,47 +395,42 @@ def train(
     model.train()
     done = 0
     bar = tqdm(range(steps), desc="train")
-    for step in bar:
-        picks = [scenes[rng.randrange(len(scenes))] for _ in range(batch_size)]
-        items = [[sample_question(s["labels"], vocab, rng) for _ in range(questions_per_image)] for s in picks]
-        batch = {k: v.to(device) for k, v in pack_questions(tokenizer, n_img, items).items()}
-        target_index, target = batch.pop("target_index"), batch.pop("target")
-        referents = referent_targets(items, picks, target_index.shape[1] // 2).to(device)  # (B, Q, 3)
-        batch["pixel_values"] = torch.stack([s["image"] for s in picks]).to(device)
-        labels = torch.stack([s["labels"] for s in picks])
-        grounding = token_targets(labels, vocab, math.isqrt(n_img)).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(**batch)
-            visual = projected.pop().view(len(picks), n_img, -1)  # (B, N, D)
-            aux = [head(visual).float() for head in heads]
-            at_answer = decoded.pop().gather(1, target_index[:, ::2, None].expand(-1, -1, dim))  # (B, Q, D)
-            about = [head(at_answer).float() for head in referent_heads]
-        logits = out.logits.float().gather(1, target_index[..., None].expand(-1, -1, out.logits.shape[-1]))
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
-        seen = grounding[..., 0] >= 0
-        if grounding_weight > 0 and seen.any():
-            loss = loss + grounding_weight * sum(
-                F.cross_entropy(a[seen], grounding[..., i][seen]) for i, a in enumerate(aux)
-            )
-        named = referents[..., 0] >= 0
-        if referent_weight > 0 and named.any():
-            loss = loss + referent_weight * sum(
-                F.cross_entropy(a[named], referents[..., i][named]) for i, a in enumerate(about)
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if log is not None:
-            log(step, loss.item())
-        done = step + 1
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            break
-    bar.close()
-    for hook in hooks:
-        hook.remove()
-    model.set_attn_implementation(attention)
-    model.eval()
+    try:  # the hooks and the model's own attention come back even when a step raises
+        for step in bar:
+            picks = [scenes[rng.randrange(len(scenes))] for _ in range(batch_size)]
+            items = [[sample_question(s["labels"], vocab, rng) for _ in range(questions_per_image)] for s in picks]
+            batch = {k: v.to(device) for k, v in pack_questions(tokenizer, n_img, items).items()}
+            target_index, target = batch.pop("target_index"), batch.pop("target")
+            referents = referent_targets(items, picks, target_index.shape[1] // 2).to(device)  # (B, Q, 3)
+            batch["pixel_values"] = torch.stack([s["image"] for s in picks]).to(device)
+            labels = torch.stack([s["labels"] for s in picks])
+            grounding = token_targets(labels, vocab, math.isqrt(n_img)).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(**batch)
+                visual = projected.pop().view(len(picks), n_img, -1)  # (B, N, D)
+                aux = [head(visual).float() for head in heads]
+                at_answer = decoded.pop().gather(1, target_index[:, ::2, None].expand(-1, -1, dim))  # (B, Q, D)
+                about = [head(at_answer).float() for head in referent_heads]
+            logits = out.logits.float().gather(1, target_index[..., None].expand(-1, -1, out.logits.shape[-1]))
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+            for weight, predicted, wanted in ((grounding_weight, aux, grounding), (referent_weight, about, referents)):
+                if weight > 0:
+                    loss = loss + weight * _attribute_loss(predicted, wanted)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log is not None:
+                log(step, loss.item())
+            done = step + 1
+            if time_limit is not None and time.perf_counter() - start > time_limit:
+                break
+    finally:
+        bar.close()
+        for hook in hooks:
+            hook.remove()
+        model.set_attn_implementation(attention)
+        model.eval()
     return done

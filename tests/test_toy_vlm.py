@@ -146,6 +146,13 @@ def test_train_runs_and_lowers_loss():
     assert model.config._attn_implementation == "sdpa"
     assert model.model.language_model.config._attn_implementation == "sdpa"
 
+    def stop(step, loss):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train(model, tok, scenes, VOCAB, steps=3, batch_size=2, log=stop)
+    assert model.config._attn_implementation == "sdpa" and not model.training  # restored after a failed step
+
 
 @pytest.fixture(scope="module")
 def shipped():
