@@ -105,7 +105,7 @@ def test_builtin_families_equal_the_tables_and_checks_they_replaced():
     }
     # the training loop's isinstance checks
     assert [kind for kind, f in families.items() if f.takes_videos] == ["video", "video1d"]
-    assert [kind for kind, f in families.items() if f.accepts_teacher] == ["vq2d", "dual"]
+    assert [kind for kind, f in families.items() if f.accepts_teacher] == ["vq2d", "dual", "video1d"]
     assert [kind for kind, f in families.items() if f.supports_gan] == ["vq2d"]
     assert [kind for kind, f in families.items() if f.decodes_any_length] == ["video1d"]
 
@@ -122,7 +122,7 @@ def test_subclasses_inherit_their_family_and_other_models_are_plain_image_tokeni
         ValueError, match=r"needs a video tokenizer \(--tokenizer video \| video1d\); got a DiffusersVQ"
     ):
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(data="videos"))
-    with pytest.raises(ValueError, match="works with vq2d and dual tokenizers, not DiffusersVQTokenizer"):
+    with pytest.raises(ValueError, match="works with vq2d, dual, video1d tokenizers, not DiffusersVQTokenizer"):
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(semantic_teacher="clip"))
     with pytest.raises(ValueError, match="implemented for vq2d tokenizers only"):
         check_model_and_data(DiffusersVQTokenizer, TrainConfig(gan_weight=0.1))

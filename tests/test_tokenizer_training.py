@@ -77,7 +77,7 @@ def test_training_loop_refuses_mismatched_model_data_and_teacher(clip_folder, tm
     base = TrainConfig(steps=1, train_samples=8, num_workers=0, mixed_precision="no", output_dir=str(tmp_path / "r"))
     with pytest.raises(ValueError, match="needs a video tokenizer"):
         train_tokenizer(TrainConfig(**{**base.__dict__, "data": "videos", "preset": "vq-f8-tiny"}))
-    with pytest.raises(ValueError, match="vq2d and dual"):
+    with pytest.raises(ValueError, match="vq2d, dual, video1d tokenizers, not OneDTokenizer"):
         train_tokenizer(TrainConfig(**{**base.__dict__, "preset": "vq1d-tiny", "semantic_teacher": str(clip_folder)}))
     with pytest.raises(ValueError, match="GAN"):
         train_tokenizer(TrainConfig(**{**base.__dict__, "preset": "vq1d-tiny", "gan_weight": 0.1}))

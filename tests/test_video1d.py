@@ -65,6 +65,27 @@ def test_bad_clips_and_configs_are_refused():
         Video1DTokenizer(frames=17, max_frames=9)
 
 
+def test_semantic_alignment_reads_the_decoder_cells_of_each_latent_step():
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny", semantic_dim=6, semantic_weight=0.5)
+    videos = clips(2, frames=5)  # 2 latent time steps: frames 0 and 1-4
+    frames = model.semantic_frames(videos)
+    assert torch.equal(frames, videos[:, [0, 4]].flatten(0, 1))
+    assert torch.equal(model.semantic_frames(videos[:, 0]), videos[:, 0])  # images are one-frame clips
+    _, still = model(videos[:, 0], semantic_target=torch.randn(2, 16, 6))
+    assert still["semantic"] > 0
+    target = torch.randn(len(frames), 16, 6)  # a 4 x 4 teacher grid
+    _, losses = model(videos, semantic_target=target)
+    _, plain = model(videos)
+    assert "semantic" in losses and "semantic" not in plain
+    assert torch.allclose(losses["loss"], losses["recon"] + losses["quantizer"] + 0.5 * losses["semantic"])
+    model.zero_grad()
+    (losses["loss"] - plain["loss"]).backward()  # the semantic term alone reaches the encoder through the codes
+    assert model.latents.grad.abs().sum() > 0 and model.semantic_proj[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="semantic_dim > 0"):
+        create_tokenizer("video1d-tiny")(videos, semantic_target=target)
+
+
 def test_later_frames_reach_the_tokens():
     """The K tokens code the whole clip, not only its first frame."""
     torch.manual_seed(0)
@@ -135,8 +156,9 @@ def test_clips_are_cached_as_k_token_rows(tmp_path):
     assert torch.equal(data.tokens(torch.tensor([4]))[0], tokenizer.encode(clip[None])[0])
 
 
-def test_train_tokenizer_runs_the_video1d_family_and_writes_its_pictures(tmp_path):
+def test_train_tokenizer_runs_the_video1d_family_and_writes_its_pictures(tmp_path, clip_folder):
     cfg = TrainConfig(
+        semantic_teacher=str(clip_folder),
         preset="video1d-tiny",
         data="videos",
         resolution=32,
@@ -154,6 +176,7 @@ def test_train_tokenizer_runs_the_video1d_family_and_writes_its_pictures(tmp_pat
     )
     metrics = train_tokenizer(cfg)
     assert metrics["tokenizer"] == "Video1DTokenizer" and metrics["steps"] == 2
+    assert metrics["semantic_teacher"] == f"clip:{clip_folder}"
     assert {"psnr", "psnr_ood_scenes", "psnr_ood_photos"} <= set(metrics)
     for name in ("reconstructions.gif", "reconstructions.png", "reconstructions_ood.png"):
         assert (tmp_path / "run" / name).is_file()

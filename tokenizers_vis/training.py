@@ -149,11 +149,16 @@ def check_model_and_data(cls: type, cfg: TrainConfig) -> None:
         kinds = _kinds("takes_videos", " | ")
         raise ValueError(f"data 'videos' needs a video tokenizer (--tokenizer {kinds}); got a {cls.__name__}")
     if cfg.semantic_teacher and not family.accepts_teacher:
-        kinds = _kinds("accepts_teacher", " and ")
+        kinds = _kinds("accepts_teacher", ", ")
         raise ValueError(f"semantic regularization works with {kinds} tokenizers, not {cls.__name__}")
     if cfg.gan_weight > 0 and not family.supports_gan:
         kinds = _kinds("supports_gan", " and ")
         raise ValueError(f"the GAN loss is implemented for {kinds} tokenizers only; use --gan-weight 0")
+
+
+def teacher_inputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The images a semantic teacher sees for batch ``x``: the batch itself, or the frames a video model names."""
+    return model.semantic_frames(x) if hasattr(model, "semantic_frames") else x
 
 
 def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
@@ -229,7 +234,7 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         x = source.batch(step).to(accelerator.device)
         if images_2d:
             x = x.contiguous(memory_format=torch.channels_last)
-        semantic = {"semantic_target": teacher(x)} if teacher is not None else {}
+        semantic = {"semantic_target": teacher(teacher_inputs(raw, x))} if teacher is not None else {}
         with accelerator.autocast():
             recon, losses = model(x, **semantic)
             loss = losses["loss"]

@@ -15,6 +15,11 @@ the grid average-pooled to K in (t, h, w) order, so early tokens describe early 
 autoregressive generator writes them in.
 
 A still image is a one-frame clip: it too becomes K tokens (joint image-video training feeds both).
+
+Semantic regularization (GigaTok, per frame): with ``semantic_dim`` > 0 an MLP projects the decoder transformer's
+(t, h, w) cells, and ``forward(videos, semantic_target)`` aligns each latent time step's cells with a frozen teacher's
+patch features of the frame that step ends on (:meth:`Video1DTokenizer.semantic_frames`). Everything the decoder
+knows came through the K tokens, so what the teacher sees has to be in the codes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from .image_tokenizer import reconstruction_losses
+from .losses import semantic_alignment_loss
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 from .titok import _blocks
@@ -48,6 +54,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         kind="video1d",
         default_preset="video1d-32",
         takes_videos=True,
+        accepts_teacher=True,
         decodes_any_length=True,
         run_defaults={**VideoTokenizer.family.run_defaults, "eval_frames": 9},
     )
@@ -77,6 +84,8 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         recon_loss: str = "l2",
         quantizer_weight: float = 1.0,
         raster_prior: bool = True,
+        semantic_dim: int = 0,
+        semantic_weight: float = 0.5,
     ) -> None:
         super().__init__()
         check_video_stack(recon_loss, spatial_factor, temporal_factor, channels)
@@ -108,6 +117,9 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * scale)
         self.decoder = _blocks(width, decoder_depth, heads, mlp_ratio)
         self.decoder_out = nn.LayerNorm(width)
+        if semantic_dim > 0:
+            hidden = max(width, 128)
+            self.semantic_proj = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, semantic_dim))
 
     @property
     def codebook_size(self) -> int:
@@ -150,8 +162,17 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         """(B, T, 3, S, S) (or (B, 3, S, S)) in [-1, 1] -> indices (B, K)."""
         return self.quantize(videos)[1].indices.long()
 
+    def semantic_frames(self, videos: torch.Tensor) -> torch.Tensor:
+        """The frames a teacher sees for ``forward``'s ``semantic_target``: the last frame of each latent time step,
+        (B, T, 3, S, S) -> (B * t, 3, S, S); images (B, 3, S, S) are one-frame clips and stay as they are."""
+        return videos if videos.ndim == 4 else videos[:, :: self.config.temporal_factor].flatten(0, 1)
+
     def decode_latents(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """Quantized tokens (B, K, D) -> videos (B, frames, 3, S, S)."""
+        return self._decode(z, frames)[0]
+
+    def _decode(self, z: torch.Tensor, frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> videos and the decoder transformer's cells (B, t * h * w, width)."""
         frames = frames or self.config.frames
         steps, side = self.latent_frames(frames), self.config.image_size // self.config.spatial_factor
         tokens = self.decoder_in(z) + self.token_pos
@@ -161,7 +182,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         x = torch.cat([tokens, mask], dim=1)
         cells = self.decoder_out(self.decoder(x)[:, tokens.shape[1] :])
         feats = rearrange(cells, "b (t h w) c -> b c t h w", t=steps, h=side)
-        return rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w")
+        return rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w"), cells
 
     def decode(self, indices: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """Indices (B, K) -> videos (B, frames, 3, S, S) in roughly [-1, 1] (``frames`` default: config ``frames``)."""
@@ -169,12 +190,24 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"expected indices (B, {self.config.num_tokens}), got {tuple(indices.shape)}")
         return self.decode_latents(self.quantizer.codes(indices), frames)
 
-    def forward(self, videos: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, videos: torch.Tensor, semantic_target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``semantic_target``: a teacher's patch features (B * t, N, semantic_dim) of :meth:`semantic_frames`, or
+        None."""
+        if semantic_target is not None and self.config.semantic_dim <= 0:
+            raise ValueError("a semantic_target needs a tokenizer built with semantic_dim > 0 (the teacher's width)")
         target = videos if videos.ndim == 5 else videos[:, None]
         z, out = self.quantize(videos)
-        recon = self.decode_latents(z, target.shape[1])
+        recon, cells = self._decode(z, target.shape[1])
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
+        if semantic_target is not None:
+            side = self.config.image_size // self.config.spatial_factor
+            student = rearrange(self.semantic_proj(cells), "b (t h w) d -> (b t) d h w", h=side, w=side)
+            sem = semantic_alignment_loss(student, semantic_target)
+            losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
+            losses["semantic"] = sem.detach()
         return recon, losses
 
 
