@@ -17,7 +17,7 @@ from torch import nn
 
 from .convnets import Decoder, ResBlock, _norm, num_levels
 from .image_tokenizer import RECON_LOSSES, check_image_batch, reconstruction_loss
-from .losses import semantic_alignment_loss
+from .losses import add_semantic_loss
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 
@@ -166,19 +166,17 @@ class DualTokenizer(ModelMixin, ConfigMixin):
         recon = self.decode_latents(zs, zp)
         rec = reconstruction_loss(recon, images, self.config.recon_loss)
         aux = out_s.aux_loss + out_p.aux_loss
-        total = rec + self.config.quantizer_weight * aux
-        losses = {"recon": rec.detach(), "quantizer": aux.detach()}
-        if semantic_target is not None:
-            sem = semantic_alignment_loss(self.semantic_features(zs), semantic_target)
-            total = total + self.config.semantic_weight * sem
-            losses["semantic"] = sem.detach()
-        losses |= {
-            "loss": total,
+        losses = {
+            "loss": rec + self.config.quantizer_weight * aux,
+            "recon": rec.detach(),
+            "quantizer": aux.detach(),
             "usage": (out_s.usage + out_p.usage) / 2,
             "perplexity": (out_s.perplexity + out_p.perplexity) / 2,
             "semantic_usage": out_s.usage,
             "pixel_usage": out_p.usage,
         }
+        if semantic_target is not None:
+            add_semantic_loss(losses, self.semantic_features(zs), semantic_target, self.config.semantic_weight)
         return recon, losses
 
 

@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from .convnets import Decoder, Encoder
-from .losses import semantic_alignment_loss
+from .losses import add_semantic_loss, check_semantic_target
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import DEFAULT_PRESET, TokenizerFamily, register_family, register_preset
 
@@ -159,8 +159,7 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``semantic_target``: teacher patch features (B, N, semantic_dim) for the semantic loss, or None."""
         self._check_images(images)
-        if semantic_target is not None and self.config.semantic_dim <= 0:
-            raise ValueError("a semantic_target needs a tokenizer built with semantic_dim > 0 (the teacher's width)")
+        check_semantic_target(semantic_target, self.config.semantic_dim)
         semantic = semantic_target is not None
         encoded = self.encoder(images, return_feature=semantic and self.config.semantic_layer == "encoder")
         z, out = self._quantize(encoded[0] if isinstance(encoded, tuple) else encoded)
@@ -172,9 +171,7 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
         if semantic:
             layer = self.config.semantic_layer
             feature = z if layer == "quantized" else (encoded if layer == "encoder" else decoded)[1]
-            sem = semantic_alignment_loss(self.semantic_proj(feature), semantic_target)
-            losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
-            losses["semantic"] = sem.detach()
+            add_semantic_loss(losses, self.semantic_proj(feature), semantic_target, self.config.semantic_weight)
         return recon, losses
 
 

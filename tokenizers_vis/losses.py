@@ -76,3 +76,19 @@ def semantic_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> tor
         student = F.interpolate(student.float(), size=(g, g), mode="bilinear", align_corners=False)
     student = student.flatten(2).transpose(1, 2)
     return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def check_semantic_target(semantic_target: torch.Tensor | None, semantic_dim: int) -> None:
+    """Refuses teacher features for a tokenizer built without a semantic projection."""
+    if semantic_target is not None and semantic_dim <= 0:
+        raise ValueError("a semantic_target needs a tokenizer built with semantic_dim > 0 (the teacher's width)")
+
+
+def add_semantic_loss(
+    losses: dict[str, torch.Tensor], student: torch.Tensor, teacher: torch.Tensor, weight: float
+) -> None:
+    """Adds ``weight`` x :func:`semantic_alignment_loss` to ``losses["loss"]`` and records it, detached, as
+    ``losses["semantic"]``."""
+    sem = semantic_alignment_loss(student, teacher)
+    losses["loss"] = losses["loss"] + weight * sem
+    losses["semantic"] = sem.detach()

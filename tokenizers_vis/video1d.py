@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from .image_tokenizer import reconstruction_losses
-from .losses import semantic_alignment_loss
+from .losses import add_semantic_loss, check_semantic_target
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 from .titok import _blocks
@@ -195,8 +195,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``semantic_target``: a teacher's patch features (B * t, N, semantic_dim) of :meth:`semantic_frames`, or
         None."""
-        if semantic_target is not None and self.config.semantic_dim <= 0:
-            raise ValueError("a semantic_target needs a tokenizer built with semantic_dim > 0 (the teacher's width)")
+        check_semantic_target(semantic_target, self.config.semantic_dim)
         target = videos if videos.ndim == 5 else videos[:, None]
         z, out = self.quantize(videos)
         recon, cells = self._decode(z, target.shape[1])
@@ -205,9 +204,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         if semantic_target is not None:
             side = self.config.image_size // self.config.spatial_factor
             student = rearrange(self.semantic_proj(cells), "b (t h w) d -> (b t) d h w", h=side, w=side)
-            sem = semantic_alignment_loss(student, semantic_target)
-            losses["loss"] = losses["loss"] + self.config.semantic_weight * sem
-            losses["semantic"] = sem.detach()
+            add_semantic_loss(losses, student, semantic_target, self.config.semantic_weight)
         return recon, losses
 
 
