@@ -65,6 +65,11 @@ class TextToVideoPipeline(TextToImagePipeline):
                 "a text-to-video pipeline needs a prompt-conditioned generator and a video tokenizer, got "
                 f"condition={config.condition!r} and a {type(tokenizer).__name__}"
             )
+        if getattr(tokenizer.config, "anchor_frame", False):
+            raise ValueError(
+                "this tokenizer decodes given each clip's first frame (anchor_frame=True), which a text-to-video "
+                "pipeline does not draw yet; use a tokenizer without anchor_frame"
+            )
         super().__init__(tokenizer, generator, prompt_encoder, defaults)
 
     @torch.no_grad()

@@ -17,6 +17,8 @@ from tokenizers_vis import TrainConfig, Video1DTokenizer, create_tokenizer, load
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import MovingShapes
 from tokenizers_vis.evaluation import load_grader
+from tokenizers_vis.evaluation.reconstruction import reconstruct
+from tokenizers_vis.video1d import warp_scale_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,6 +114,55 @@ def test_learns_and_round_trips(tmp_path, fit_tokenizer):
     assert isinstance(loaded, Video1DTokenizer)
     assert torch.equal(loaded.encode(videos), model.encode(videos))
     assert torch.equal(loaded.decode(model.encode(videos)), model.decode(model.encode(videos)))
+
+
+def test_scale_space_warp_copies_and_shifts_the_anchor_exactly():
+    anchor = torch.rand(2, 3, 16, 16) * 2 - 1
+    sharp = torch.zeros(2, 3, 3, 16, 16)
+    sharp[:, :, 2] = -60.0  # the scale logit of the unblurred level
+    same = warp_scale_space(anchor, sharp)
+    assert same.shape == (2, 3, 3, 16, 16)
+    assert torch.allclose(same, anchor[:, None].expand_as(same), atol=1e-5)
+    shifted = sharp.clone()
+    shifted[:, 1, 0] = 2 * 2 / 16  # frame 1 samples 2 pixels to the right (units of half the frame)
+    out = warp_scale_space(anchor, shifted)
+    assert torch.allclose(out[:, 1, :, :, :-2], anchor[:, :, :, 2:], atol=1e-5)
+    blurred = warp_scale_space(anchor, torch.zeros(2, 1, 3, 16, 16) + torch.tensor([0.0, 0.0, 60.0])[:, None, None])
+    assert blurred.std() < 0.5 * anchor.std()  # the coarsest level is a blur
+
+
+def test_anchored_tokenizer_decodes_from_the_first_frame_and_learns(tmp_path, fit_tokenizer):
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny", anchor_frame=True)
+    videos = clips()
+    first = videos[:, 0]
+    with torch.no_grad():
+        indices = model.encode(videos)
+        start = model.decode(indices, anchor=first)
+    assert start.shape == videos.shape
+    # the decoder's last layer starts at zero: every frame is the first frame through a zero warp
+    copy = warp_scale_space(first, torch.zeros(4, 5, 3, 32, 32))
+    assert torch.allclose(start, copy, atol=1e-6)
+    with pytest.raises(ValueError, match="pass anchor="):
+        model.decode(indices)
+    with pytest.raises(ValueError, match="one anchor frame per clip"):
+        model.decode(indices, anchor=first[:2])
+    with pytest.raises(ValueError, match="without anchor_frame"):
+        create_tokenizer("video1d-tiny").decode(indices, anchor=first)
+    losses = fit_tokenizer(model, videos, steps=60)
+    assert losses[-1] < 0.85 * losses[0]  # it starts as a copy of frame 0, so below that is motion learnt
+    model.eval()
+    with torch.no_grad():
+        other = model.decode(indices, anchor=first.flip(0))
+        assert not torch.allclose(other, model.decode(indices, anchor=first))  # the anchor is used
+        assert torch.equal(reconstruct(model, videos), model.decode(model.encode(videos), frames=5, anchor=first))
+    model.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path).eval()
+    assert loaded.config.anchor_frame
+    assert torch.equal(loaded.decode(indices, anchor=first), model.decode(indices, anchor=first))
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="anchor_frame=True"):
+        TextToVideoPipeline(model, pipe.generator, pipe.prompt_encoder)
 
 
 def tiny_pipeline() -> TextToVideoPipeline:

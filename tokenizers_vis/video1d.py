@@ -20,6 +20,12 @@ Semantic regularization (GigaTok, per frame): with ``semantic_dim`` > 0 an MLP p
 (t, h, w) cells, and ``forward(videos, semantic_target)`` aligns each latent time step's cells with a frozen teacher's
 patch features of the frame that step ends on (:meth:`Video1DTokenizer.semantic_frames`). Everything the decoder
 knows came through the K tokens, so what the teacher sees has to be in the codes.
+
+Anchor frame (image-to-video): with ``anchor_frame`` the decoder is also given the clip's first frame, as pixels
+and as the causal encoder's first time step (which depends on that frame alone). Its cells are added to every time
+step's mask tokens, and the decoder's pixels become a residual over the first frame warped by a scale-space flow
+(Agustsson et al., CVPR 2020), so the K tokens only have to code what the first frame does not show: the motion.
+``decode(indices, anchor=first_frame)``; training and ``forward`` take the clip's own frame 0.
 """
 
 from __future__ import annotations
@@ -37,6 +43,36 @@ from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 from .titok import _blocks
 from .video_tokenizer import VideoDecoder, VideoEncoder, VideoTokenizer, check_video_stack
+
+
+def scale_space(images: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 3, levels, S, S): the image blurred at 1, 2, 4, ... pixels (area down, bilinear up)."""
+    size = images.shape[-2:]
+    stack = [images]
+    for level in range(1, levels):
+        small = F.avg_pool2d(images, 2**level)
+        stack.append(F.interpolate(small, size=size, mode="bilinear", align_corners=False))
+    return torch.stack(stack, dim=2)
+
+
+def warp_scale_space(anchor: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
+    """Scale-space flow (Agustsson et al. 2020): every output pixel samples the anchor (B, 3, S, S) displaced by a
+    flow and blurred by a scale, ``warp`` (B, T, 3, S, S) = (dx, dy in units of half the frame, scale logit)
+    -> (B, T, 3, S, S). Blur widens the basin in which a displacement gets a gradient."""
+    b, t, _, h, w = warp.shape
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=warp.device),
+        torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=warp.device),
+        indexing="ij",
+    )
+    z = 2 * torch.sigmoid(warp[:, :, 2] - 2) - 1  # a zero output samples nearly the sharp level
+    grid = torch.stack([xs + warp[:, :, 0], ys + warp[:, :, 1], z], dim=-1)  # (B, T, S, S, 3)
+    volume = scale_space(anchor)  # (B, 3, L, S, S)
+    volume = volume[:, None].expand(-1, t, -1, -1, -1, -1).flatten(0, 1)
+    out = F.grid_sample(
+        volume, grid.flatten(0, 1)[:, None], mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return rearrange(out[:, :, 0], "(b t) c h w -> b t c h w", b=b)
 
 
 @register_family
@@ -86,6 +122,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         raster_prior: bool = True,
         semantic_dim: int = 0,
         semantic_weight: float = 0.5,
+        anchor_frame: bool = False,
     ) -> None:
         super().__init__()
         check_video_stack(recon_loss, spatial_factor, temporal_factor, channels)
@@ -100,7 +137,11 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
             quantizer_kwargs = {"levels": [8, 5, 5, 5]}  # 1000 codes over 4 dimensions
         args = (spatial_factor, temporal_factor, tuple(channels))
         self.encoder_cnn = VideoEncoder(width, *args, res_blocks, norm_groups, time_kernel)
-        self.decoder_cnn = VideoDecoder(width, *args, res_blocks, norm_groups, time_kernel)
+        # with an anchor frame the decoder's pixels are a residual over the warped anchor, plus the warp (flow, scale)
+        self.decoder_cnn = VideoDecoder(width, *args, res_blocks, norm_groups, time_kernel, 6 if anchor_frame else 3)
+        if anchor_frame:  # start as a copy of the first frame
+            for param in self.decoder_cnn.layers[-1].parameters():
+                nn.init.zeros_(param)
         cells = (image_size // spatial_factor) ** 2
         steps = 1 + (max_frames - 1) // temporal_factor
         scale = width**-0.5
@@ -117,6 +158,8 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         self.token_pos = nn.Parameter(torch.randn(num_tokens, width) * scale)
         self.decoder = _blocks(width, decoder_depth, heads, mlp_ratio)
         self.decoder_out = nn.LayerNorm(width)
+        if anchor_frame:
+            self.anchor_in = nn.Linear(width, width)
         if semantic_dim > 0:
             hidden = max(width, 128)
             self.semantic_proj = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, semantic_dim))
@@ -147,7 +190,9 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
 
     def quantize(self, videos: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """-> quantized tokens (B, K, D) and the quantizer's output (indices (B, K))."""
-        feats = self.encoder_cnn(self._as_video(videos))
+        return self._quantize(self.encoder_cnn(self._as_video(videos)))
+
+    def _quantize(self, feats: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         grid = rearrange(feats, "b c t h w -> b (t h w) c") + self._positions(
             self.grid_space, self.grid_time, feats.shape[2]
         )
@@ -167,11 +212,34 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         (B, T, 3, S, S) -> (B * t, 3, S, S); images (B, 3, S, S) are one-frame clips and stay as they are."""
         return videos if videos.ndim == 4 else videos[:, :: self.config.temporal_factor].flatten(0, 1)
 
-    def decode_latents(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        """Quantized tokens (B, K, D) -> videos (B, frames, 3, S, S)."""
-        return self._decode(z, frames)[0]
+    def anchor_features(self, anchor: torch.Tensor) -> torch.Tensor:
+        """The first frame (B, 3, S, S) -> its encoder grid (B, width, 1, h, w): the causal encoder's first time
+        step, which sees that frame alone."""
+        return self.encoder_cnn(self._as_video(anchor))
 
-    def _decode(self, z: torch.Tensor, frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_latents(
+        self, z: torch.Tensor, frames: int | None = None, anchor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Quantized tokens (B, K, D) -> videos (B, frames, 3, S, S); ``anchor``: the first frame (B, 3, S, S) in
+        [-1, 1], required by (and only by) an ``anchor_frame`` tokenizer."""
+        feats = None
+        if self.config.anchor_frame:
+            if anchor is None or anchor.ndim != 4:
+                raise ValueError("this tokenizer decodes given the clip's first frame: pass anchor=(B, 3, S, S)")
+            if len(anchor) != len(z):
+                raise ValueError(f"expected one anchor frame per clip ({len(z)}), got {len(anchor)}")
+            feats = self.anchor_features(anchor)
+        elif anchor is not None:
+            raise ValueError("this tokenizer was built without anchor_frame: decode without an anchor")
+        return self._decode(z, frames, feats, anchor)[0]
+
+    def _decode(
+        self,
+        z: torch.Tensor,
+        frames: int | None,
+        anchor_feats: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> videos and the decoder transformer's cells (B, t * h * w, width)."""
         frames = frames or self.config.frames
         steps, side = self.latent_frames(frames), self.config.image_size // self.config.spatial_factor
@@ -179,16 +247,24 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         mask = self._positions(self.mask_space, self.mask_time, steps).expand(len(z), -1, -1)
         if self.config.raster_prior:  # nearest up-sampling inverts the encoder's pooling
             mask = mask + F.interpolate(tokens.transpose(1, 2), size=mask.shape[1], mode="nearest").transpose(1, 2)
+        if anchor_feats is not None:  # every time step starts from the first frame's cells
+            first = self.anchor_in(rearrange(anchor_feats[:, :, 0], "b c h w -> b (h w) c"))
+            mask = mask + first.repeat(1, steps, 1)
         x = torch.cat([tokens, mask], dim=1)
         cells = self.decoder_out(self.decoder(x)[:, tokens.shape[1] :])
         feats = rearrange(cells, "b (t h w) c -> b c t h w", t=steps, h=side)
-        return rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w"), cells
+        out = rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w")
+        if anchor is not None:
+            out = out[:, :, :3] + warp_scale_space(anchor.float(), out[:, :, 3:])
+        return out, cells
 
-    def decode(self, indices: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    def decode(
+        self, indices: torch.Tensor, frames: int | None = None, anchor: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Indices (B, K) -> videos (B, frames, 3, S, S) in roughly [-1, 1] (``frames`` default: config ``frames``)."""
         if indices.ndim != 2 or indices.shape[1] != self.config.num_tokens:
             raise ValueError(f"expected indices (B, {self.config.num_tokens}), got {tuple(indices.shape)}")
-        return self.decode_latents(self.quantizer.codes(indices), frames)
+        return self.decode_latents(self.quantizer.codes(indices), frames, anchor)
 
     def forward(
         self, videos: torch.Tensor, semantic_target: torch.Tensor | None = None
@@ -197,8 +273,10 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         None."""
         check_semantic_target(semantic_target, self.config.semantic_dim)
         target = videos if videos.ndim == 5 else videos[:, None]
-        z, out = self.quantize(videos)
-        recon, cells = self._decode(z, target.shape[1])
+        feats = self.encoder_cnn(self._as_video(videos))
+        z, out = self._quantize(feats)
+        anchor = (feats[:, :, :1], target[:, 0]) if self.config.anchor_frame else (None, None)
+        recon, cells = self._decode(z, target.shape[1], *anchor)
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
         if semantic_target is not None:
@@ -211,6 +289,8 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
 # 9-frame 64x64 clips -> 32 or 64 tokens of 1000 FSQ codes (the grid tokenizer video-f4t4 uses 768 of 1024)
 register_preset("video1d-32", Video1DTokenizer, num_tokens=32)
 register_preset("video1d-64", Video1DTokenizer, num_tokens=64)
+# image-to-video: 32 tokens of what the first frame does not show (decode(indices, anchor=first_frame))
+register_preset("video1d-32-anchor", Video1DTokenizer, num_tokens=32, anchor_frame=True)
 # for tests and smoke runs
 register_preset(
     "video1d-tiny",

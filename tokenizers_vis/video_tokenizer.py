@@ -180,6 +180,7 @@ class VideoDecoder(nn.Module):
         num_res_blocks: int,
         groups: int,
         time_kernel: int = 3,
+        out_channels: int = 3,
     ) -> None:
         super().__init__()
         time_levels = _time_levels(temporal_factor)
@@ -191,7 +192,7 @@ class VideoDecoder(nn.Module):
             if level < time_levels:
                 layers.append(TimeUp(ch, ch))
             layers += [CausalResBlock(ch, groups, time_kernel) for _ in range(num_res_blocks)]
-        layers += [FrameNorm(min(groups, rev[-1]), rev[-1]), nn.SiLU(), CausalConv3d(rev[-1], 12)]
+        layers += [FrameNorm(min(groups, rev[-1]), rev[-1]), nn.SiLU(), CausalConv3d(rev[-1], 4 * out_channels)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

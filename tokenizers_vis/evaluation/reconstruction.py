@@ -14,12 +14,14 @@ from ..registry import family_of
 
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
     """``decode(encode(x))`` for any project tokenizer (the dual tokenizer's encode returns two index grids; a
-    1D video tokenizer's K tokens say nothing of the clip's length, so it is told: images are one-frame clips)."""
+    1D video tokenizer's K tokens say nothing of the clip's length, so it is told: images are one-frame clips; an
+    anchored one decodes given the clip's own first frame)."""
     codes = model.encode(x)
     if isinstance(codes, tuple):
         return model.decode(*codes)
     if family_of(type(model)).decodes_any_length:
-        return model.decode(codes, frames=x.shape[1] if x.ndim == 5 else 1)
+        anchor = {"anchor": x[:, 0] if x.ndim == 5 else x} if getattr(model.config, "anchor_frame", False) else {}
+        return model.decode(codes, frames=x.shape[1] if x.ndim == 5 else 1, **anchor)
     return model.decode(codes)
 
 
