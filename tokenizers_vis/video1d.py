@@ -59,7 +59,7 @@ def warp_scale_space(anchor: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
     """Scale-space flow (Agustsson et al. 2020): every output pixel samples the anchor (B, 3, S, S) displaced by a
     flow and blurred by a scale, ``warp`` (B, T, 3, S, S) = (dx, dy in units of half the frame, scale logit)
     -> (B, T, 3, S, S). Blur widens the basin in which a displacement gets a gradient."""
-    b, t, _, h, w = warp.shape
+    h, w = warp.shape[-2:]
     ys, xs = torch.meshgrid(
         torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=warp.device),
         torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=warp.device),
@@ -67,12 +67,9 @@ def warp_scale_space(anchor: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
     )
     z = 2 * torch.sigmoid(warp[:, :, 2] - 2) - 1  # a zero output samples nearly the sharp level
     grid = torch.stack([xs + warp[:, :, 0], ys + warp[:, :, 1], z], dim=-1)  # (B, T, S, S, 3)
-    volume = scale_space(anchor)  # (B, 3, L, S, S)
-    volume = volume[:, None].expand(-1, t, -1, -1, -1, -1).flatten(0, 1)
-    out = F.grid_sample(
-        volume, grid.flatten(0, 1)[:, None], mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return rearrange(out[:, :, 0], "(b t) c h w -> b t c h w", b=b)
+    # the frames are the output's depth: one pass over the anchor's (level, y, x) volume, no copy per frame
+    out = F.grid_sample(scale_space(anchor), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return rearrange(out, "b c t h w -> b t c h w")
 
 
 @register_family
