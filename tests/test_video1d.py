@@ -18,7 +18,7 @@ from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import MovingShapes
 from tokenizers_vis.evaluation import load_grader
 from tokenizers_vis.evaluation.reconstruction import reconstruct
-from tokenizers_vis.video1d import warp_scale_space
+from tokenizers_vis.motion import block_match_flow, warp_scale_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,6 +129,38 @@ def test_scale_space_warp_copies_and_shifts_the_anchor_exactly():
     assert torch.allclose(out[:, 1, :, :, :-2], anchor[:, :, :, 2:], atol=1e-5)
     blurred = warp_scale_space(anchor, torch.zeros(2, 1, 3, 16, 16) + torch.tensor([0.0, 0.0, 60.0])[:, None, None])
     assert blurred.std() < 0.5 * anchor.std()  # the coarsest level is a blur
+
+
+def test_block_matching_finds_how_far_an_object_moved():
+    torch.manual_seed(0)
+    anchor = torch.full((1, 3, 32, 32), -0.5)
+    anchor[:, :, 6:14, 4:12] = torch.rand(3, 8, 8) * 0.5 + 0.5  # a textured square on a flat background
+    moved = torch.full_like(anchor, -0.5)
+    moved[:, :, 10:18, 14:22] = anchor[:, :, 6:14, 4:12]  # 10 pixels right, 4 down
+    flow, mask = block_match_flow(anchor, torch.stack([anchor, moved], 1), radius=12)
+    assert flow.shape == (1, 2, 2, 32, 32) and mask.shape == (1, 2, 1, 32, 32)
+    assert not mask[:, 0].any()  # the first frame did not change
+    assert mask[0, 1, 0, 10:18, 14:22].all()
+    expected = torch.tensor([-10.0, -4.0])[:, None, None] * 2 / 32  # look back where the square came from
+    assert torch.allclose(flow[0, 1, :, 10:18, 14:22], expected.expand(2, 8, 8))
+    sharp = torch.cat([flow, torch.full_like(flow[:, :, :1], -60.0)], 2)
+    rebuilt = warp_scale_space(anchor, sharp)[0, 1]
+    assert torch.allclose(rebuilt[:, 10:18, 14:22], moved[0, :, 10:18, 14:22], atol=1e-5)
+    with pytest.raises(ValueError, match="expected an anchor"):
+        block_match_flow(anchor[:, :, :16], torch.stack([anchor, moved], 1))
+
+
+def test_flow_target_trains_the_anchored_warp(fit_tokenizer):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="needs anchor_frame=True"):
+        create_tokenizer("video1d-tiny", flow_weight=0.1)
+    model = create_tokenizer("video1d-tiny", anchor_frame=True, flow_weight=1.0)
+    videos = clips()
+    before = model(videos)[1]["flow"]
+    fit_tokenizer(model, videos, steps=30)
+    after = model(videos)[1]
+    assert after["flow"] < 0.8 * before  # the warp moves towards the block-matching flow
+    assert "flow" not in model(videos[:, 0])[1]  # still images have no motion to match
 
 
 def test_anchored_tokenizer_decodes_from_the_first_frame_and_learns(tmp_path, fit_tokenizer):

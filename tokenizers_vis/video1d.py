@@ -25,7 +25,9 @@ Anchor frame (image-to-video): with ``anchor_frame`` the decoder is also given t
 and as the causal encoder's first time step (which depends on that frame alone). Its cells are added to every time
 step's mask tokens, and the decoder's pixels become a residual over the first frame warped by a scale-space flow
 (Agustsson et al., CVPR 2020), so the K tokens only have to code what the first frame does not show: the motion.
-``decode(indices, anchor=first_frame)``; training and ``forward`` take the clip's own frame 0.
+``decode(indices, anchor=first_frame)``; training and ``forward`` take the clip's own frame 0. With ``flow_weight``
+the warp of each latent step's last frame is also pulled towards a block-matching flow where that frame changed
+(:mod:`.motion`): the pixel loss alone moves the warp only within its blur radius.
 """
 
 from __future__ import annotations
@@ -39,37 +41,11 @@ from torch import nn
 
 from .image_tokenizer import reconstruction_losses
 from .losses import add_semantic_loss, check_semantic_target
+from .motion import block_match_flow, warp_scale_space
 from .quantizers import QuantizerOutput, build_quantizer
 from .registry import TokenizerFamily, register_family, register_preset
 from .titok import _blocks
 from .video_tokenizer import VideoDecoder, VideoEncoder, VideoTokenizer, check_video_stack
-
-
-def scale_space(images: torch.Tensor, levels: int = 5) -> torch.Tensor:
-    """(B, 3, S, S) -> (B, 3, levels, S, S): the image blurred at 1, 2, 4, ... pixels (area down, bilinear up)."""
-    size = images.shape[-2:]
-    stack = [images]
-    for level in range(1, levels):
-        small = F.avg_pool2d(images, 2**level)
-        stack.append(F.interpolate(small, size=size, mode="bilinear", align_corners=False))
-    return torch.stack(stack, dim=2)
-
-
-def warp_scale_space(anchor: torch.Tensor, warp: torch.Tensor) -> torch.Tensor:
-    """Scale-space flow (Agustsson et al. 2020): every output pixel samples the anchor (B, 3, S, S) displaced by a
-    flow and blurred by a scale, ``warp`` (B, T, 3, S, S) = (dx, dy in units of half the frame, scale logit)
-    -> (B, T, 3, S, S). Blur widens the basin in which a displacement gets a gradient."""
-    h, w = warp.shape[-2:]
-    ys, xs = torch.meshgrid(
-        torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=warp.device),
-        torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=warp.device),
-        indexing="ij",
-    )
-    z = 2 * torch.sigmoid(warp[:, :, 2] - 2) - 1  # a zero output samples nearly the sharp level
-    grid = torch.stack([xs + warp[:, :, 0], ys + warp[:, :, 1], z], dim=-1)  # (B, T, S, S, 3)
-    # the frames are the output's depth: one pass over the anchor's (level, y, x) volume, no copy per frame
-    out = F.grid_sample(scale_space(anchor), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return rearrange(out, "b c t h w -> b t c h w")
 
 
 @register_family
@@ -120,6 +96,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         semantic_dim: int = 0,
         semantic_weight: float = 0.5,
         anchor_frame: bool = False,
+        flow_weight: float = 0.0,
     ) -> None:
         super().__init__()
         check_video_stack(recon_loss, spatial_factor, temporal_factor, channels)
@@ -130,6 +107,8 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
                 raise ValueError(f"{name} must be 1 + {temporal_factor} * k, got {n}")
         if frames > max_frames:
             raise ValueError(f"frames {frames} exceeds max_frames {max_frames}")
+        if flow_weight < 0 or (flow_weight and not anchor_frame):
+            raise ValueError(f"flow_weight must be >= 0 and needs anchor_frame=True, got {flow_weight}")
         if quantizer_type == "fsq" and not quantizer_kwargs:
             quantizer_kwargs = {"levels": [8, 5, 5, 5]}  # 1000 codes over 4 dimensions
         args = (spatial_factor, temporal_factor, tuple(channels))
@@ -236,8 +215,9 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         frames: int | None,
         anchor_feats: torch.Tensor | None = None,
         anchor: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> videos and the decoder transformer's cells (B, t * h * w, width)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> videos, the decoder transformer's cells (B, t * h * w, width) and, given an anchor, the warp
+        (B, T, 3, S, S)."""
         frames = frames or self.config.frames
         steps, side = self.latent_frames(frames), self.config.image_size // self.config.spatial_factor
         tokens = self.decoder_in(z) + self.token_pos
@@ -251,9 +231,11 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         cells = self.decoder_out(self.decoder(x)[:, tokens.shape[1] :])
         feats = rearrange(cells, "b (t h w) c -> b c t h w", t=steps, h=side)
         out = rearrange(self.decoder_cnn(feats).float(), "b c t h w -> b t c h w")
+        warp = None
         if anchor is not None:
-            out = out[:, :, :3] + warp_scale_space(anchor.float(), out[:, :, 3:])
-        return out, cells
+            warp = out[:, :, 3:]
+            out = out[:, :, :3] + warp_scale_space(anchor.float(), warp)
+        return out, cells, warp
 
     def decode(
         self, indices: torch.Tensor, frames: int | None = None, anchor: torch.Tensor | None = None
@@ -273,9 +255,17 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         feats = self.encoder_cnn(self._as_video(videos))
         z, out = self._quantize(feats)
         anchor = (feats[:, :, :1], target[:, 0]) if self.config.anchor_frame else (None, None)
-        recon, cells = self._decode(z, target.shape[1], *anchor)
+        recon, cells, warp = self._decode(z, target.shape[1], *anchor)
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
+        step = self.config.temporal_factor
+        if self.config.flow_weight and target.shape[1] > step:  # the frames each latent step ends on
+            with torch.no_grad():
+                flow, mask = block_match_flow(target[:, 0].float(), target[:, step::step].float())
+            err = (warp[:, step::step, :2] - flow).abs().sum(2, keepdim=True) * mask
+            flow_loss = err.sum() / mask.sum().clamp(min=1)
+            losses["loss"] = losses["loss"] + self.config.flow_weight * flow_loss
+            losses["flow"] = flow_loss.detach()
         if semantic_target is not None:
             side = self.config.image_size // self.config.spatial_factor
             student = rearrange(self.semantic_proj(cells), "b (t h w) d -> (b t) d h w", h=side, w=side)
@@ -287,7 +277,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
 register_preset("video1d-32", Video1DTokenizer, num_tokens=32)
 register_preset("video1d-64", Video1DTokenizer, num_tokens=64)
 # image-to-video: 32 tokens of what the first frame does not show (decode(indices, anchor=first_frame))
-register_preset("video1d-32-anchor", Video1DTokenizer, num_tokens=32, anchor_frame=True)
+register_preset("video1d-32-anchor", Video1DTokenizer, num_tokens=32, anchor_frame=True, flow_weight=0.1)
 # for tests and smoke runs
 register_preset(
     "video1d-tiny",
