@@ -260,8 +260,7 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
         step = self.config.temporal_factor
         if self.config.flow_weight and target.shape[1] > step:  # the frames each latent step ends on
-            with torch.no_grad():
-                flow, mask = block_match_flow(target[:, 0].float(), target[:, step::step].float())
+            flow, mask = block_match_flow(target[:, 0].float(), target[:, step::step].float())  # no gradient
             err = (warp[:, step::step, :2] - flow).abs().sum(2, keepdim=True) * mask
             flow_loss = err.sum() / mask.sum().clamp(min=1)
             losses["loss"] = losses["loss"] + self.config.flow_weight * flow_loss
