@@ -63,22 +63,25 @@ def block_match_flow(
     padded = F.pad(small_anchor, (r, r, r, r), mode="replicate")
     shifts = torch.arange(-r, r + 1, device=frames.device, dtype=frames.dtype)
     penalty = 1e-4 * shifts**2 / r**2
-    best = arg = zero = None
+    targets = small.unflatten(0, (b, t))[:, :, None]  # (B, T, 1, C, s, s)
+    best = torch.full((b * t, 1, side, side), float("inf"), device=frames.device, dtype=frames.dtype)
+    arg = torch.zeros(2, *best.shape, device=frames.device, dtype=frames.dtype)
     for dy in range(-r, r + 1):
         rows = padded[..., r + dy : r + dy + side, :].unfold(-1, side, 1)  # every dx at once: (B, C, s, 2r+1, s)
-        rows = rearrange(rows, "b c h k w -> b 1 k c h w")
-        diff = (small.unflatten(0, (b, t))[:, :, None] - rows).pow(2).sum(3).flatten(0, 2)[:, None]
+        diff = (targets - rearrange(rows, "b c h k w -> b 1 k c h w")).pow(2).sum(3).flatten(0, 2)[:, None]
         cost = F.avg_pool2d(diff, patch, 1, patch // 2, count_include_pad=False).view(b * t, 2 * r + 1, side, side)
         cost = cost + (penalty + penalty[r + dy])[:, None, None]
         if dy == 0:
             zero = cost[:, r : r + 1]
         low, k = cost.min(1, keepdim=True)
-        found = torch.stack([shifts[k], torch.full_like(low, dy)])
-        better = torch.ones_like(low, dtype=torch.bool) if best is None else low < best
-        best = low if best is None else torch.where(better, low, best)
-        arg = found if arg is None else torch.where(better, found, arg)
+        better = low < best
+        best = torch.where(better, low, best)
+        arg = torch.where(better, torch.stack([shifts[k], torch.full_like(low, dy)]), arg)
     flow = rearrange(arg, "k n 1 h w -> n k h w") * (2 * scale / size)
-    repeated = small_anchor.repeat_interleave(t, 0)
-    mask = ((small - repeated).abs().amax(1, keepdim=True) > margin) & (best < zero - margin**2)
-    up = lambda v: F.interpolate(v.float(), size=(size, size), mode="nearest").unflatten(0, (b, t))  # noqa: E731
+    changed = (targets[:, :, 0] - small_anchor[:, None]).abs().amax(2, keepdim=True).flatten(0, 1) > margin
+    mask = changed & (best < zero - margin**2)
+
+    def up(v: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(v.float(), size=(size, size), mode="nearest").unflatten(0, (b, t))
+
     return up(flow), up(mask)
