@@ -92,8 +92,10 @@ class TokenDecoder:
         sampler: TokenSampler,
         num_predict: int = 1,
         use_cache: bool = True,
+        first_tokens: torch.Tensor | None = None,
     ) -> None:
         self.model, self.prefix, self.sampler, self.num_predict = model, prefix, sampler, num_predict
+        self.first_tokens = first_tokens  # (B, G): the grids' first tokens, given rather than sampled
         self.cache = prefix.new_cache(model.transformer, model.num_tokens) if use_cache else None
         self.forward_passes = 0
         # every slot's rotary angles, computed once: each forward slices them
@@ -109,13 +111,15 @@ class TokenDecoder:
         seq = self.prefix.embeds.new_full(
             (self.prefix.batch_size, 1), self.model.config.codebook_size, dtype=torch.long
         )
+        if self.first_tokens is not None:
+            seq = torch.cat([seq, self.first_tokens.to(seq.device)], dim=1)
         proposals = seq[:, :0]  # for the tokens right after the accepted ones
         # decode steps of a few rows run their matmuls faster on input-major weights (CPU; see thin_input_layout)
         rows = self.prefix.embeds.shape[0]
         thin = self.cache is not None and rows <= THIN_ROWS and self.prefix.embeds.device.type == "cpu"
         with (
             thin_input_layout(self.model) if thin else nullcontext(),
-            tqdm(total=n, desc="sampling", disable=not progress, leave=False) as bar,
+            tqdm(total=n, initial=seq.shape[1] - 1, desc="sampling", disable=not progress, leave=False) as bar,
         ):
             while (i := seq.shape[1] - 1) < n:
                 # slot i holds the last accepted token, slots i + 1 ... the proposals; a proposal for the grid's last

@@ -355,6 +355,7 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         progress: bool = False,
         num_predict_used: int | None = None,
         return_stats: bool = False,
+        first_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
         """Samples index grids ``(B, *grid_size)``. ``temperature=0`` is greedy. ``guidance_scale`` != 1 runs the
         conditional and the null prefix side by side (batch 2B) and mixes their logits at every step, with the
@@ -363,7 +364,10 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
 
         ``num_predict_used``: tokens proposed per forward with self-verification (the main head's plus
         ``num_predict_used - 1`` extra heads'; default all of the model's ``num_predict``; 1 = plain next-token
-        decoding). ``return_stats`` also returns ``{"forward_passes": transformer forwards run}``."""
+        decoding). ``return_stats`` also returns ``{"forward_passes": transformer forwards run}``.
+
+        ``first_tokens`` ``(B, G)``, G < N: the first G tokens of every grid are given (e.g. a first frame's, for
+        image-to-video) and sampling continues after them."""
         block = self.config.num_predict if num_predict_used is None else num_predict_used
         if not 1 <= block <= self.config.num_predict:
             raise ValueError(
@@ -374,6 +378,15 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         sampler = TokenSampler(
             self.num_tokens, prefix.guided, guidance_scale, guidance_schedule, temperature, top_k, top_p, generator
         )
-        decoder = TokenDecoder(self, prefix, sampler, block, use_cache)
+        if first_tokens is not None:
+            g = first_tokens.shape[-1]
+            if first_tokens.shape != (prefix.batch_size, g) or not 0 < g < self.num_tokens:
+                raise ValueError(
+                    f"first_tokens must be (B={prefix.batch_size}, G) with 0 < G < {self.num_tokens}, "
+                    f"got {tuple(first_tokens.shape)}"
+                )
+            if first_tokens.min() < 0 or first_tokens.max() >= self.config.codebook_size:
+                raise ValueError(f"first_tokens must be indices in [0, {self.config.codebook_size})")
+        decoder = TokenDecoder(self, prefix, sampler, block, use_cache, first_tokens)
         tokens = decoder.decode(progress).reshape(prefix.batch_size, *self.config.grid_size)
         return (tokens, {"forward_passes": decoder.forward_passes}) if return_stats else tokens

@@ -83,7 +83,7 @@ class GeneratorTrainConfig(AccelerateRunConfig):
 
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
+    for f in sorted(path.rglob("*.safetensors")):  # an assembled tokenizer keeps its parts in sub-folders
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

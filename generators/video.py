@@ -51,9 +51,10 @@ class TextToVideoPipeline(TextToImagePipeline):
     tokenizers' runs).
 
     Needs a prompt-conditioned generator and a video tokenizer: a :class:`~tokenizers_vis.VideoTokenizer` with
-    ``(t, h, w)`` grids, or a :class:`~tokenizers_vis.Video1DTokenizer` with K deep tokens per clip. Saved and
-    loaded like the image pipeline (``model_index.json`` names this class). CLIP re-ranking (``num_candidates`` > 1)
-    is for still images only.
+    ``(t, h, w)`` grids, a :class:`~tokenizers_vis.Video1DTokenizer` with K deep tokens per clip, or an
+    :class:`~tokenizers_vis.AnchoredVideoTokenizer` (a first frame's tokens, then K motion tokens; given a
+    ``first_frame``, the pipeline does image-to-video). Saved and loaded like the image pipeline
+    (``model_index.json`` names this class). CLIP re-ranking (``num_candidates`` > 1) is for still images only.
     """
 
     produces_video = True
@@ -67,8 +68,8 @@ class TextToVideoPipeline(TextToImagePipeline):
             )
         if getattr(tokenizer.config, "anchor_frame", False):
             raise ValueError(
-                "this tokenizer decodes given each clip's first frame (anchor_frame=True), which a text-to-video "
-                "pipeline does not draw yet; use a tokenizer without anchor_frame"
+                "this tokenizer decodes given each clip's first frame (anchor_frame=True); join it with an image "
+                "tokenizer that writes that frame (AnchoredVideoTokenizer, scripts/assemble_video_tokenizer.py)"
             )
         super().__init__(tokenizer, generator, prompt_encoder, defaults)
 
@@ -81,20 +82,30 @@ class TextToVideoPipeline(TextToImagePipeline):
         use_cache: bool = True,
         progress: bool = False,
         batch_size: int | None = None,
+        first_frame: torch.Tensor | None = None,
         **sampling,
     ) -> VideoPipelineOutput:
         """Sampling keywords override the pipeline's defaults, as for images. Clips come in prompt order,
-        ``num_videos_per_prompt`` per prompt; ``batch_size`` caps the prompts of one sampling run, as for images."""
+        ``num_videos_per_prompt`` per prompt; ``batch_size`` caps the prompts of one sampling run, as for images.
+
+        ``first_frame`` (image-to-video): one image per prompt, (P, 3, S, S) in [0, 1]; the clips start from its
+        tokens, for a tokenizer whose clips begin with a first frame's tokens (an ``AnchoredVideoTokenizer``)."""
         runs = split_request(prompt, batch_size, seed)
         if runs is not None:
             options = dict(num_videos_per_prompt=num_videos_per_prompt, use_cache=use_cache, progress=progress)
-            return VideoPipelineOutput.concat([self(part, seed=s, **options, **sampling) for part, s in runs])
+            parts = []
+            for i, (part, s) in enumerate(runs):
+                frames = None if first_frame is None else first_frame[i * batch_size : (i + 1) * batch_size]
+                parts.append(self(part, seed=s, first_frame=frames, **options, **sampling))
+            return VideoPipelineOutput.concat(parts)
         sampling = self._sampling(sampling)
         if int(sampling.pop("num_candidates")) != 1:
             raise ValueError("CLIP re-ranking (num_candidates > 1) is for still images; use num_candidates=1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         wanted = [p for p in prompts for _ in range(num_videos_per_prompt)]
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        if first_frame is not None:
+            sampling["first_tokens"] = self._first_frame_tokens(first_frame, len(prompts), num_videos_per_prompt)
         tokens = self.generator.generate(
             self.prompt_encoder(wanted), generator=generator, use_cache=use_cache, progress=progress, **sampling
         )
@@ -102,6 +113,18 @@ class TextToVideoPipeline(TextToImagePipeline):
         arrays = (frames.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
         videos = [[Image.fromarray(frame) for frame in clip] for clip in arrays]
         return VideoPipelineOutput(videos, frames, tokens.cpu())
+
+    def _first_frame_tokens(self, images: torch.Tensor, prompts: int, per_prompt: int) -> torch.Tensor:
+        """First frames (P, 3, S, S) in [0, 1] -> their tokens (P * per_prompt, G), each repeated per clip."""
+        if not hasattr(self.tokenizer, "encode_first_frame"):
+            raise ValueError(
+                "image-to-video needs a tokenizer whose clips begin with a first frame's tokens "
+                f"(AnchoredVideoTokenizer), got a {type(self.tokenizer).__name__}"
+            )
+        if images.ndim != 4 or len(images) != prompts:
+            raise ValueError(f"first_frame: one image (3, S, S) per prompt ({prompts}), got {tuple(images.shape)}")
+        tokens = self.tokenizer.encode_first_frame(images.to(self.device).float() * 2 - 1)
+        return tokens.repeat_interleave(per_prompt, dim=0)
 
 
 def is_video_pipeline(folder: str | Path) -> bool:

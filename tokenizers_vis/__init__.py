@@ -1,5 +1,6 @@
 """Discrete visual tokenizers: quantizers, image / dual-codebook / 1D / video tokenizers, data, training, evaluation."""
 
+from .anchored_video import AnchoredVideoTokenizer
 from .dual_tokenizer import DualTokenizer
 from .evaluation import evaluate_tokenizer
 from .image_tokenizer import ImageTokenizer
@@ -14,6 +15,7 @@ from .video_tokenizer import VideoTokenizer
 __all__ = [
     "PRESETS",
     "QUANTIZERS",
+    "AnchoredVideoTokenizer",
     "DualTokenizer",
     "ImageTokenizer",
     "OneDTokenizer",

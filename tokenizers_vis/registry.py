@@ -19,6 +19,8 @@ from diffusers import ModelMixin
 # Modules whose tokenizer classes register themselves on import, in the order the command line lists their
 # families. They import this module, so it imports them on first use rather than at the top.
 FAMILY_MODULES = ("image_tokenizer", "titok", "dual_tokenizer", "video_tokenizer", "video1d")
+# Tokenizers assembled from trained ones (not a `--tokenizer` kind), loadable by `load_tokenizer`
+ASSEMBLED_MODULES = ("anchored_video",)
 DEFAULT_PRESET = "vq-f4"
 
 
@@ -41,6 +43,7 @@ _UNREGISTERED = TokenizerFamily(kind="", default_preset="")
 
 PRESETS: dict[str, tuple[type[ModelMixin], dict]] = {}
 _CLASSES: dict[str, type[ModelMixin]] = {}  # kind -> class
+_ASSEMBLED: dict[str, type[ModelMixin]] = {}  # class name -> class
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -59,6 +62,13 @@ def register_preset(name: str, cls: type[ModelMixin], /, **kwargs: Any) -> None:
     if name in PRESETS:
         raise ValueError(f"tokenizer preset {name!r} is already registered")
     PRESETS[name] = (cls, kwargs)
+
+
+def register_assembled(cls: _Class) -> _Class:
+    """Class decorator: makes ``cls`` (built from trained tokenizers, not trained itself) loadable by
+    ``load_tokenizer``; its ``family`` still says what it takes and decodes."""
+    _ASSEMBLED[cls.__name__] = cls
+    return cls
 
 
 def _import_families() -> None:
@@ -114,13 +124,24 @@ def create_tokenizer(name: str = DEFAULT_PRESET, **overrides) -> ModelMixin:
     return cls(**{**PRESETS[name][1], **overrides})
 
 
+def tokenizer_class(name: str | None) -> type[ModelMixin]:
+    """The tokenizer class a saved config's ``_class_name`` names."""
+    for module in ASSEMBLED_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    classes = {cls.__name__: cls for cls in _family_classes()} | _ASSEMBLED
+    if name not in classes:
+        raise ValueError(f"not a loadable tokenizer: {name!r}; loadable tokenizers: {', '.join(classes)}")
+    return classes[name]
+
+
 def load_tokenizer(path: str | Path) -> ModelMixin:
     """Loads any tokenizer saved with ``save_pretrained`` (a folder with config.json + safetensors)."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a saved tokenizer folder: no config.json in it")
     name = json.loads(config_file.read_text()).get("_class_name")
-    classes = {cls.__name__: cls for cls in _family_classes()}  # config.json's `_class_name` -> class
-    if name not in classes:
-        raise ValueError(f"{path} holds a {name!r}; loadable tokenizers: {', '.join(classes)}")
-    return classes[name].from_pretrained(path)
+    try:
+        cls = tokenizer_class(name)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return cls.from_pretrained(path)

@@ -276,7 +276,14 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
 register_preset("video1d-32", Video1DTokenizer, num_tokens=32)
 register_preset("video1d-64", Video1DTokenizer, num_tokens=64)
 # image-to-video: 32 tokens of what the first frame does not show (decode(indices, anchor=first_frame))
-register_preset("video1d-32-anchor", Video1DTokenizer, num_tokens=32, anchor_frame=True, flow_weight=0.1)
+register_preset(
+    "video1d-32-anchor",
+    Video1DTokenizer,
+    num_tokens=32,
+    anchor_frame=True,
+    flow_weight=0.1,
+    quantizer_kwargs={"levels": [8, 8, 4, 4]},  # 1024 codes: the same index range as the frame tokenizer's VQ
+)
 # for tests and smoke runs
 register_preset(
     "video1d-tiny",

@@ -1,0 +1,171 @@
+"""The assembled text-to-video tokenizer: the first frame's image tokens, then an anchored video tokenizer's motion
+tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from generators import GeneratorTrainConfig, PromptEncoder, create_generator
+from generators.training import tokenize_split
+from generators.video import TextToVideoPipeline
+from tokenizers_vis import create_tokenizer, load_tokenizer
+from tokenizers_vis.anchored_video import AnchoredVideoTokenizer
+from tokenizers_vis.clip import CLIPEncoder
+from tokenizers_vis.data import MovingShapes
+from tokenizers_vis.evaluation.reconstruction import reconstruct
+
+PROMPTS = ["a large red circle moving to the left", "a small blue star moving up"]
+
+
+def parts(levels: tuple[int, ...] = (4, 4, 4)):
+    """A tiny f8 image tokenizer (64 codes, 4x4 tokens of a 32-px frame) and a tiny anchored motion tokenizer."""
+    torch.manual_seed(0)
+    image = create_tokenizer("vq-f8-tiny").eval()
+    motion = create_tokenizer(
+        "video1d-tiny", anchor_frame=True, quantizer_kwargs={"levels": list(levels)}, embed_dim=len(levels)
+    ).eval()
+    with torch.no_grad():  # the VQ codebook's k-means start, as a trained tokenizer has had it
+        image.encode(torch.rand(8, 3, 32, 32) * 2 - 1)
+    return image, motion
+
+
+def clips(count: int = 3, frames: int = 5) -> torch.Tensor:
+    data = MovingShapes(count, resolution=32, frames=frames, seed=1)
+    return torch.stack([data[i]["video"] for i in range(count)])
+
+
+def test_a_clip_is_its_first_frames_tokens_then_its_motion_tokens():
+    image, motion = parts()
+    model = AnchoredVideoTokenizer.from_parts(image, motion).eval()
+    assert model.frame_tokens == 16 and model.num_tokens == 16 + 8 and model.codebook_size == 64
+    x = clips()
+    with torch.no_grad():
+        indices = model.encode(x)
+        assert indices.shape == (3, 24)
+        assert torch.equal(indices[:, :16], image.encode(x[:, 0]).flatten(1))
+        assert torch.equal(indices[:, 16:], motion.encode(x))
+        # the token count does not depend on the clip's length; a still image is a one-frame clip
+        assert model.encode(clips(frames=9)).shape == (3, 24) and model.encode(x[:, 0]).shape == (3, 24)
+        # the motion tokens are decoded given the first frame that the image tokens draw, not the real one
+        first = image.decode(indices[:, :16].reshape(3, 4, 4)).clamp(-1, 1)
+        video = model.decode(indices)
+        assert torch.equal(video, motion.decode(indices[:, 16:], anchor=first))
+        assert model.decode(indices, frames=9).shape == (3, 9, 3, 32, 32)
+        assert torch.equal(reconstruct(model, x), video)  # the evaluation path decodes it too
+
+
+def test_saved_parts_sit_in_their_own_folders_and_load_back(tmp_path):
+    model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
+    model.save_pretrained(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["_class_name"] == "AnchoredVideoTokenizer"
+    for part in ("image", "motion"):
+        assert (tmp_path / "tok" / part / "config.json").is_file()
+    loaded = load_tokenizer(tmp_path / "tok").eval()
+    x = clips()
+    with torch.no_grad():
+        indices = model.encode(x)
+        assert torch.equal(loaded.encode(x), indices) and torch.equal(loaded.decode(indices), model.decode(indices))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ValueError, match="not a loadable tokenizer: 'UNet2DModel'.*AnchoredVideoTokenizer"):
+        load_tokenizer(tmp_path / "other")
+
+
+def test_mismatched_parts_and_indices_are_refused():
+    image, motion = parts()
+    with pytest.raises(ValueError, match="one index range"):
+        AnchoredVideoTokenizer.from_parts(image, parts(levels=(4, 4))[1])
+    with pytest.raises(ValueError, match="anchor_frame=True"):
+        AnchoredVideoTokenizer.from_parts(image, create_tokenizer("video1d-tiny"))
+    with pytest.raises(ValueError, match="must be an ImageTokenizer"):
+        AnchoredVideoTokenizer.from_parts(motion, motion)
+    model = AnchoredVideoTokenizer.from_parts(image, motion)
+    with pytest.raises(ValueError, match=r"expected indices \(B, 24\): 16 frame tokens then 8 motion tokens"):
+        model.decode(torch.zeros(2, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected videos \(B, T, 3, 32, 32\)"):
+        model.encode(torch.zeros(2, 5, 3, 64, 64))
+    with pytest.raises(ValueError, match="AnchoredVideoTokenizer"):  # the bare motion tokenizer points here
+        TextToVideoPipeline(motion, *tiny_parts(24)[1:])
+
+
+def tiny_parts(tokens: int):
+    torch.manual_seed(0)
+    clip = CLIPEncoder.create(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
+    encoder = PromptEncoder(clip)
+    generator = create_generator("nt-tiny", codebook_size=64, grid_size=(tokens,), prompt_dim=encoder.dim)
+    return None, generator, encoder
+
+
+def test_text_to_video_pipeline_writes_both_parts_and_round_trips(tmp_path):
+    model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
+    _, generator, encoder = tiny_parts(model.num_tokens)
+    pipe = TextToVideoPipeline(model, generator, encoder, defaults={"guidance_scale": 2.0})
+    out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3)
+    assert out.tokens.shape == (4, 24) and out.frames.shape == (4, 5, 3, 32, 32)
+    pipe.save_pretrained(tmp_path / "pipe", tokenizer_dtype=torch.bfloat16)
+    assert (tmp_path / "pipe" / "tokenizer" / "image" / "config.json").is_file()
+    again = TextToVideoPipeline.from_pretrained(tmp_path / "pipe")(PROMPTS, num_videos_per_prompt=2, seed=3)
+    assert torch.equal(again.tokens, out.tokens) and again.frames.shape == out.frames.shape
+
+
+def test_token_cache_is_keyed_by_both_parts_weights(tmp_path):
+    model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
+    folder = tmp_path / "tok"
+    model.save_pretrained(folder)
+    cfg = GeneratorTrainConfig(
+        tokenizer=str(folder), data="videos", frames=5, resolution=32, eval_samples=4, cache_dir=str(tmp_path / "c")
+    )
+    cfg.mixed_precision = "no"
+    data = tokenize_split(model, "heldout", cfg, "prompt", Accelerator(cpu=True))
+    assert data.grid == (24,) and len(data) == 4
+    clip = MovingShapes(4, 32, frames=5, split="heldout", seed=0)[2]["video"]
+    with torch.no_grad():
+        assert torch.equal(data.tokens(torch.tensor([2]))[0], model.encode(clip[None])[0])
+    with torch.no_grad():  # new motion weights: a new cache, not the old rows
+        model.motion.decoder_in.weight.add_(1.0)
+    model.save_pretrained(folder)
+    tokenize_split(model, "heldout", cfg, "prompt", Accelerator(cpu=True))
+    assert len(list(Path(cfg.cache_dir).iterdir())) == 2
+
+
+def test_assemble_script_joins_two_saved_tokenizers(tmp_path, run_script):
+    image, motion = parts()
+    for name, part in (("image", image), ("motion", motion)):
+        part.save_pretrained(tmp_path / name / "model")
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"run_seconds": 10.0, "psnr": 20.0}))
+    args = ["--image", str(tmp_path / "image" / "model"), "--motion", str(tmp_path / "motion" / "model")]
+    done = run_script("assemble_video_tokenizer", *args, "--output-dir", str(tmp_path / "tok"))
+    assert done.returncode == 0, done.stderr
+    assert isinstance(load_tokenizer(tmp_path / "tok" / "model"), AnchoredVideoTokenizer)
+    metrics = json.loads((tmp_path / "tok" / "metrics.json").read_text())
+    assert metrics["run_seconds"] == 20.0 and metrics["tokens_per_clip"] == 24
+    assert metrics["parts"]["motion"]["psnr"] == 20.0
+
+
+def test_image_to_video_starts_every_clip_from_the_given_first_frame():
+    model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
+    _, generator, encoder = tiny_parts(model.num_tokens)
+    pipe = TextToVideoPipeline(model, generator, encoder, defaults={"guidance_scale": 2.0})
+    first = (clips(2)[:, 0] + 1) / 2  # one frame per prompt, in [0, 1]
+    out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3, first_frame=first)
+    with torch.no_grad():
+        given = model.encode_first_frame(first * 2 - 1).repeat_interleave(2, dim=0)
+    assert torch.equal(out.tokens[:, :16], given) and out.frames.shape == (4, 5, 3, 32, 32)
+    # the rest is sampled after them: the same with and without the KV cache, and split into runs of one prompt
+    assert torch.equal(pipe(PROMPTS, 2, seed=3, first_frame=first, use_cache=False).tokens, out.tokens)
+    split = pipe(PROMPTS, 2, seed=3, first_frame=first, batch_size=1)
+    assert torch.equal(split.tokens[:, :16], given)
+    with pytest.raises(ValueError, match="one image"):
+        pipe(PROMPTS, first_frame=first[:1])
+    with pytest.raises(ValueError, match=r"first_tokens must be \(B=2, G\) with 0 < G < 24"):
+        generator.generate(encoder(PROMPTS), first_tokens=torch.zeros(2, 24, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"indices in \[0, 64\)"):
+        generator.generate(encoder(PROMPTS), first_tokens=torch.full((2, 4), 64))
+    plain = TextToVideoPipeline(create_tokenizer("video1d-tiny"), *tiny_parts(8)[1:])
+    with pytest.raises(ValueError, match="image-to-video needs"):
+        plain(PROMPTS, first_frame=first)
