@@ -136,10 +136,11 @@ class TokenDecoder:
 
     def forward(self, held: torch.Tensor, first: int) -> torch.Tensor:
         """Hidden states ``(rows, T - first, dim)`` of slots ``first ... T - 1``, where ``held`` ``(B, T)`` is what
-        slots ``0 ... T - 1`` hold: a decode step when slots ``0 ... first - 1`` are cached, else a prefill."""
+        slots ``0 ... T - 1`` hold: a decode step when slots ``0 ... first - 1`` are cached, else a prefill (the
+        first forward, which with given first tokens already ends past slot 0)."""
         held = held.repeat(self.prefix.copies, 1)
         self.forward_passes += 1
-        if self.cache is not None and first > 0:
+        if self.cache is not None and self.cache.length > 0:
             return self.decode_step(held[:, first:], first)
         return self.prefill(held)[:, first - held.shape[1] :]
 

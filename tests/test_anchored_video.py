@@ -11,6 +11,8 @@ import torch
 from accelerate import Accelerator
 
 from generators import GeneratorTrainConfig, PromptEncoder, create_generator
+from generators.decoding import TokenDecoder, guided_prefix
+from generators.sampling import TokenSampler
 from generators.training import tokenize_split
 from generators.video import TextToVideoPipeline
 from tokenizers_vis import create_tokenizer, load_tokenizer
@@ -160,6 +162,15 @@ def test_image_to_video_starts_every_clip_from_the_given_first_frame():
     assert torch.equal(pipe(PROMPTS, 2, seed=3, first_frame=first, use_cache=False).tokens, out.tokens)
     split = pipe(PROMPTS, 2, seed=3, first_frame=first, batch_size=1)
     assert torch.equal(split.tokens[:, :16], given)
+    # the first forward reads the prompt and every given token (a prefill), cached or not
+    with torch.no_grad():
+        prefix = guided_prefix(generator, encoder(PROMPTS), None, 2.0)
+        held = torch.cat([torch.full((2, 1), 64), given[::2]], dim=1)
+        hidden = [
+            TokenDecoder(generator, prefix, TokenSampler(24), first_tokens=given[::2], use_cache=c).forward(held, 16)
+            for c in (True, False)
+        ]
+    torch.testing.assert_close(hidden[0], hidden[1])
     with pytest.raises(ValueError, match="one image"):
         pipe(PROMPTS, first_frame=first[:1])
     with pytest.raises(ValueError, match=r"first_tokens must be \(B=2, G\) with 0 < G < 24"):
