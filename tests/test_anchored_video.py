@@ -92,20 +92,21 @@ def test_mismatched_parts_and_indices_are_refused():
     with pytest.raises(ValueError, match=r"expected videos \(B, T, 3, 32, 32\)"):
         model.encode(torch.zeros(2, 5, 3, 64, 64))
     with pytest.raises(ValueError, match="AnchoredVideoTokenizer"):  # the bare motion tokenizer points here
-        TextToVideoPipeline(motion, *tiny_parts(24)[1:])
+        TextToVideoPipeline(motion, *generator_and_encoder(24))
 
 
-def tiny_parts(tokens: int):
+def generator_and_encoder(tokens: int):
+    """A tiny prompt-conditioned generator of ``tokens`` tokens over 64 codes, and its prompt encoder."""
     torch.manual_seed(0)
     clip = CLIPEncoder.create(vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1)
     encoder = PromptEncoder(clip)
     generator = create_generator("nt-tiny", codebook_size=64, grid_size=(tokens,), prompt_dim=encoder.dim)
-    return None, generator, encoder
+    return generator, encoder
 
 
 def test_text_to_video_pipeline_writes_both_parts_and_round_trips(tmp_path):
     model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
-    _, generator, encoder = tiny_parts(model.num_tokens)
+    generator, encoder = generator_and_encoder(model.num_tokens)
     pipe = TextToVideoPipeline(model, generator, encoder, defaults={"guidance_scale": 2.0})
     out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3)
     assert out.tokens.shape == (4, 24) and out.frames.shape == (4, 5, 3, 32, 32)
@@ -151,7 +152,7 @@ def test_assemble_script_joins_two_saved_tokenizers(tmp_path, run_script):
 
 def test_image_to_video_starts_every_clip_from_the_given_first_frame():
     model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
-    _, generator, encoder = tiny_parts(model.num_tokens)
+    generator, encoder = generator_and_encoder(model.num_tokens)
     pipe = TextToVideoPipeline(model, generator, encoder, defaults={"guidance_scale": 2.0})
     first = (clips(2)[:, 0] + 1) / 2  # one frame per prompt, in [0, 1]
     out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3, first_frame=first)
@@ -177,6 +178,6 @@ def test_image_to_video_starts_every_clip_from_the_given_first_frame():
         generator.generate(encoder(PROMPTS), first_tokens=torch.zeros(2, 24, dtype=torch.long))
     with pytest.raises(ValueError, match=r"indices in \[0, 64\)"):
         generator.generate(encoder(PROMPTS), first_tokens=torch.full((2, 4), 64))
-    plain = TextToVideoPipeline(create_tokenizer("video1d-tiny"), *tiny_parts(8)[1:])
+    plain = TextToVideoPipeline(create_tokenizer("video1d-tiny"), *generator_and_encoder(8))
     with pytest.raises(ValueError, match="image-to-video needs"):
         plain(PROMPTS, first_frame=first)
