@@ -56,10 +56,12 @@ assets-nx: $(STAMP)
 	ln -s ../pipeline/tokenizer assets/pipeline_nx_cell_k2/tokenizer
 	ln -s ../pipeline/prompt_encoder assets/pipeline_nx_cell_k2/prompt_encoder
 
-# The shipped text-to-video pipeline from seed 0 (times in the README): a clip is the first frame's 256 tokens from
-# assets/pipeline's image tokenizer, then 32 motion tokens of the anchored 1D video tokenizer (trained here on the
-# classic moving-shape clips), and nt-video writes both, prompted through assets/pipeline's prompt encoder. The image
-# tokenizer and prompt encoder are links to assets/pipeline's, so the folder stays under 10 MB.
+# The shipped text-to-video pipeline from seed 0 (times in the README), factorized: assets/pipeline draws each clip's
+# first frame for the prompt's start ("a large red circle at the right" for "... moving to the left"), then nt-video
+# samples 32 motion tokens of the anchored 1D video tokenizer (trained here on the classic moving-shape clips) after
+# that frame's 256 tokens, 8 candidates per clip, re-ranked by CLIP on the last frame. The generator learns whole
+# clips (first frame's tokens, then motion tokens) through assets/pipeline's prompt encoder. The image tokenizer,
+# prompt encoder and first-frame pipeline are links to assets/pipeline, so the folder stays under 10 MB.
 VIDEO := runs/assets/video
 VIDEO_TOKENIZER_STEPS := 1000
 VIDEO_GEN_STEPS := --steps 3000 --batch-size 32 --train-samples 20000
@@ -71,12 +73,15 @@ assets-video: $(STAMP)
 	$(BIN)/accelerate launch scripts/train_generator.py --data videos --tokenizer $(VIDEO)/tokenizer/model \
 		--preset nt-video $(VIDEO_GEN_STEPS) --eval-samples 256 --pipeline-dtype bfloat16 \
 		--pipeline-tokenizer-dtype bfloat16 --output-dir $(VIDEO)/generator
-	$(BIN)/python scripts/tune_sampling.py --pipeline $(VIDEO)/generator/pipeline --guidance-scales 2,3,4 \
-		--temperatures 1.0,0.7,0.5 --top-ks 0 --write
-	rm -rf assets/video_pipeline && cp -r $(VIDEO)/generator/pipeline assets/video_pipeline
-	rm -r assets/video_pipeline/prompt_encoder assets/video_pipeline/tokenizer/image
+	rm -rf assets/video_pipeline
+	$(BIN)/python scripts/compose_video_pipeline.py --pipeline $(VIDEO)/generator/pipeline \
+		--first-frame assets/pipeline --frame-captions moving-shapes --output-dir assets/video_pipeline
+	rm -r assets/video_pipeline/prompt_encoder assets/video_pipeline/tokenizer/image assets/video_pipeline/first_frame
 	ln -s ../pipeline/prompt_encoder assets/video_pipeline/prompt_encoder
 	ln -s ../../pipeline/tokenizer assets/video_pipeline/tokenizer/image
+	ln -s ../pipeline assets/video_pipeline/first_frame
+	$(BIN)/python scripts/tune_sampling.py --pipeline assets/video_pipeline --guidance-scales 1,2 \
+		--temperatures 0.7,0.5,0.3 --top-ks 0 --num-candidates 8 --write
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -151,15 +151,8 @@ class TextToImagePipeline:
                 [self(**{key: part}, seed=s, return_stats=return_stats, **options, **sampling) for part, s in runs]
             )
         sampling = self._sampling(sampling)
-        candidates = int(sampling.pop("num_candidates"))
+        candidates = self._pop_candidates(sampling)
         kind = self.generator.config.condition
-        if candidates < 1 or (candidates > 1 and kind != "prompt"):
-            raise ValueError(f"num_candidates must be >= 1 (> 1 only with prompts), got {candidates}")
-        if candidates > 1 and not hasattr(self.prompt_encoder, "clip"):  # refused before any sampling
-            raise ValueError(
-                f"num_candidates > 1 re-ranks with CLIP image embeddings, and this pipeline's prompt encoder "
-                f"({type(self.prompt_encoder).__name__}) has no image tower; use num_candidates=1"
-            )
         if kind == "prompt":
             if prompt is None:
                 raise ValueError("this pipeline's generator is prompt-conditioned: pass prompt=")
@@ -188,7 +181,8 @@ class TextToImagePipeline:
         tokens, stats = result if return_stats else (result, None)
         pixels = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
         if candidates > 1:
-            tokens, pixels = self._rerank(wanted, tokens, pixels, candidates)
+            rows = self._best_candidates(wanted, pixels, candidates)
+            tokens, pixels = tokens[rows], pixels[rows]
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
         return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu(), stats)
 
@@ -215,16 +209,26 @@ class TextToImagePipeline:
             raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
         return sampling
 
-    def _rerank(
-        self, prompts: list[str], tokens: torch.Tensor, pixels: torch.Tensor, candidates: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keeps, per prompt, the candidate whose CLIP image embedding is closest to the prompt's text embedding."""
+    def _pop_candidates(self, sampling: dict) -> int:
+        """Takes ``num_candidates`` out of ``sampling``; refuses, before any sampling, a count this pipeline cannot
+        re-rank."""
+        candidates = int(sampling.pop("num_candidates"))
+        if candidates < 1 or (candidates > 1 and self.generator.config.condition != "prompt"):
+            raise ValueError(f"num_candidates must be >= 1 (> 1 only with prompts), got {candidates}")
+        if candidates > 1 and not hasattr(self.prompt_encoder, "clip"):
+            raise ValueError(
+                f"num_candidates > 1 re-ranks with CLIP image embeddings, and this pipeline's prompt encoder "
+                f"({type(self.prompt_encoder).__name__}) has no image tower; use num_candidates=1"
+            )
+        return candidates
+
+    def _best_candidates(self, prompts: list[str], images: torch.Tensor, candidates: int) -> torch.Tensor:
+        """Row of each prompt's best candidate among ``images`` (``candidates`` consecutive rows per prompt, in
+        [0, 1]): the one whose CLIP image embedding is closest to the prompt's text embedding."""
         clip = self.prompt_encoder.clip
-        images = clip.encode_image(pixels * 2 - 1).view(len(prompts), candidates, -1)
-        texts = clip.encode_text(prompts)
-        best = torch.einsum("bkd,bd->bk", images, texts).argmax(dim=1)
-        rows = torch.arange(len(prompts), device=best.device) * candidates + best
-        return tokens[rows], pixels[rows]
+        embeddings = clip.encode_image(images * 2 - 1).view(len(prompts), candidates, -1)
+        best = torch.einsum("bkd,bd->bk", embeddings, clip.encode_text(prompts)).argmax(dim=1)
+        return torch.arange(len(prompts), device=best.device) * candidates + best
 
     # ---- folders -------------------------------------------------------------------------------------------------
 
@@ -253,9 +257,20 @@ class TextToImagePipeline:
                 part = nn.Module.to(copy.deepcopy(part), dtype)  # plain cast, no diffusers dtype warning
             part.save_pretrained(tmp / name)
             index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        self._save_extras(tmp, index, generator_dtype, tokenizer_dtype)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+
+    def _save_extras(
+        self, folder: Path, index: dict, generator_dtype: torch.dtype | None, tokenizer_dtype: torch.dtype | None
+    ) -> None:
+        """Subclasses write parts beyond the three components into ``folder`` and name them in ``index``."""
+
+    @classmethod
+    def _extras_from_index(cls, folder: Path, index: dict) -> dict:
+        """Subclasses' extra constructor arguments, read back from what :meth:`_save_extras` wrote."""
+        return {}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> TextToImagePipeline:
@@ -278,6 +293,7 @@ class TextToImagePipeline:
             encoder,
             index.get("defaults"),
             index.get("class_names"),
+            **cls._extras_from_index(folder, index),
         )
         return pipe.to(device) if device is not None else pipe
 

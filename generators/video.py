@@ -13,16 +13,26 @@ and whose tokenizer decodes it to a clip, so folders, sampling defaults and ``fr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from tokenizers_vis.data.language import video_frame_captions
 from tokenizers_vis.registry import family_of
 from tokenizers_vis.visuals import save_gif, save_video_strip
 
 from .pipeline import TextToImagePipeline, split_request
+
+# How a video prompt becomes (first frame's caption, last frame's caption), by the name a pipeline stores: "same"
+# keeps the prompt (a text-to-image model trained on the clips' frames and captions); "moving-shapes" writes the
+# built-in clips' start and end as still-scene captions.
+FRAME_CAPTIONS: dict[str, Callable[[str], tuple[str, str]]] = {
+    "same": lambda prompt: (prompt, prompt),
+    "moving-shapes": video_frame_captions,
+}
 
 
 @dataclass
@@ -54,12 +64,28 @@ class TextToVideoPipeline(TextToImagePipeline):
     ``(t, h, w)`` grids, a :class:`~tokenizers_vis.Video1DTokenizer` with K deep tokens per clip, or an
     :class:`~tokenizers_vis.AnchoredVideoTokenizer` (a first frame's tokens, then K motion tokens; given a
     ``first_frame``, the pipeline does image-to-video). Saved and loaded like the image pipeline
-    (``model_index.json`` names this class). CLIP re-ranking (``num_candidates`` > 1) is for still images only.
+    (``model_index.json`` names this class).
+
+    Factorized text-to-video (as in Emu Video): with a ``first_frame_pipeline`` (a text-to-image pipeline, saved in
+    the ``first_frame/`` sub-folder) and an anchored tokenizer, each clip starts from a frame that pipeline draws for
+    the prompt's first-frame caption, and the generator samples the motion tokens after it. ``frame_captions`` names
+    how a video prompt becomes its first and last frames' captions (:data:`FRAME_CAPTIONS`). ``num_candidates`` > 1
+    samples that many clips per requested clip and keeps the one whose last frame CLIP finds closest to the last
+    frame's caption.
     """
 
     produces_video = True
 
-    def __init__(self, tokenizer, generator, prompt_encoder, defaults: dict | None = None, class_names: None = None):
+    def __init__(
+        self,
+        tokenizer,
+        generator,
+        prompt_encoder,
+        defaults: dict | None = None,
+        class_names: None = None,
+        first_frame_pipeline: TextToImagePipeline | None = None,
+        frame_captions: str = "same",
+    ):
         config = generator.config
         if config.condition != "prompt" or not family_of(type(tokenizer)).takes_videos:
             raise ValueError(
@@ -71,7 +97,24 @@ class TextToVideoPipeline(TextToImagePipeline):
                 "this tokenizer decodes given each clip's first frame (anchor_frame=True); join it with an image "
                 "tokenizer that writes that frame (AnchoredVideoTokenizer, scripts/assemble_video_tokenizer.py)"
             )
+        if frame_captions not in FRAME_CAPTIONS:
+            raise ValueError(f"unknown frame_captions {frame_captions!r}; accepted: {', '.join(FRAME_CAPTIONS)}")
+        if first_frame_pipeline is not None and (
+            first_frame_pipeline.produces_video or first_frame_pipeline.generator.config.condition != "prompt"
+        ):
+            raise ValueError("first_frame_pipeline must be a prompt-conditioned text-to-image pipeline")
+        if first_frame_pipeline is not None and not hasattr(tokenizer, "encode_first_frame"):
+            raise ValueError(
+                "a first_frame_pipeline needs a tokenizer whose clips begin with a first frame's tokens "
+                f"(AnchoredVideoTokenizer), got a {type(tokenizer).__name__}"
+            )
         super().__init__(tokenizer, generator, prompt_encoder, defaults)
+        self.first_frame_pipeline, self.frame_captions = first_frame_pipeline, frame_captions
+
+    def to(self, device: str | torch.device) -> TextToVideoPipeline:
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.to(device)
+        return super().to(device)
 
     @torch.no_grad()
     def __call__(
@@ -89,7 +132,8 @@ class TextToVideoPipeline(TextToImagePipeline):
         ``num_videos_per_prompt`` per prompt; ``batch_size`` caps the prompts of one sampling run, as for images.
 
         ``first_frame`` (image-to-video): one image per prompt, (P, 3, S, S) in [0, 1]; the clips start from its
-        tokens, for a tokenizer whose clips begin with a first frame's tokens (an ``AnchoredVideoTokenizer``)."""
+        tokens, for a tokenizer whose clips begin with a first frame's tokens (an ``AnchoredVideoTokenizer``).
+        Without it, a pipeline with a ``first_frame_pipeline`` draws one first frame per clip."""
         runs = split_request(prompt, batch_size, seed)
         if runs is not None:
             options = dict(num_videos_per_prompt=num_videos_per_prompt, use_cache=use_cache, progress=progress)
@@ -99,32 +143,61 @@ class TextToVideoPipeline(TextToImagePipeline):
                 parts.append(self(part, seed=s, first_frame=frames, **options, **sampling))
             return VideoPipelineOutput.concat(parts)
         sampling = self._sampling(sampling)
-        if int(sampling.pop("num_candidates")) != 1:
-            raise ValueError("CLIP re-ranking (num_candidates > 1) is for still images; use num_candidates=1")
+        candidates = self._pop_candidates(sampling)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        wanted = [p for p in prompts for _ in range(num_videos_per_prompt)]
-        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        per_clip = [p for p in prompts for _ in range(num_videos_per_prompt)]
+        drawing = first_frame is None and self.first_frame_pipeline is not None
+        # parsed before any sampling, so a prompt the rule cannot read fails first
+        captions = [FRAME_CAPTIONS[self.frame_captions](p) for p in per_clip] if drawing or candidates > 1 else []
+        first_tokens = None
         if first_frame is not None:
-            sampling["first_tokens"] = self._first_frame_tokens(first_frame, len(prompts), num_videos_per_prompt)
+            first_tokens = self._first_frame_tokens(first_frame, len(prompts))
+            first_tokens = first_tokens.repeat_interleave(num_videos_per_prompt, dim=0)
+        elif drawing:
+            drawn = self.first_frame_pipeline([start for start, _ in captions], seed=seed, progress=progress)
+            first_tokens = self._first_frame_tokens(drawn.pixels, len(per_clip))
+        if first_tokens is not None:
+            sampling["first_tokens"] = first_tokens.repeat_interleave(candidates, dim=0)
+        generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+        condition = self.prompt_encoder([p for p in per_clip for _ in range(candidates)])
         tokens = self.generator.generate(
-            self.prompt_encoder(wanted), generator=generator, use_cache=use_cache, progress=progress, **sampling
+            condition, generator=generator, use_cache=use_cache, progress=progress, **sampling
         )
-        frames = ((self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2).cpu()
+        frames = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
+        if candidates > 1:
+            rows = self._best_candidates([end for _, end in captions], frames[:, -1], candidates)
+            tokens, frames = tokens[rows], frames[rows]
+        frames = frames.cpu()
         arrays = (frames.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
         videos = [[Image.fromarray(frame) for frame in clip] for clip in arrays]
         return VideoPipelineOutput(videos, frames, tokens.cpu())
 
-    def _first_frame_tokens(self, images: torch.Tensor, prompts: int, per_prompt: int) -> torch.Tensor:
-        """First frames (P, 3, S, S) in [0, 1] -> their tokens (P * per_prompt, G), each repeated per clip."""
+    def _first_frame_tokens(self, images: torch.Tensor, count: int) -> torch.Tensor:
+        """First frames (count, 3, S, S) in [0, 1] -> their tokens (count, G)."""
         if not hasattr(self.tokenizer, "encode_first_frame"):
             raise ValueError(
                 "image-to-video needs a tokenizer whose clips begin with a first frame's tokens "
                 f"(AnchoredVideoTokenizer), got a {type(self.tokenizer).__name__}"
             )
-        if images.ndim != 4 or len(images) != prompts:
-            raise ValueError(f"first_frame: one image (3, S, S) per prompt ({prompts}), got {tuple(images.shape)}")
-        tokens = self.tokenizer.encode_first_frame(images.to(self.device).float() * 2 - 1)
-        return tokens.repeat_interleave(per_prompt, dim=0)
+        if images.ndim != 4 or len(images) != count:
+            raise ValueError(f"first_frame: one image (3, S, S) per prompt ({count}), got {tuple(images.shape)}")
+        return self.tokenizer.encode_first_frame(images.to(self.device).float() * 2 - 1)
+
+    def _save_extras(
+        self, folder: Path, index: dict, generator_dtype: torch.dtype | None, tokenizer_dtype: torch.dtype | None
+    ) -> None:
+        index["frame_captions"] = self.frame_captions
+        index["first_frame_pipeline"] = [None, None]
+        if self.first_frame_pipeline is not None:
+            self.first_frame_pipeline.save_pretrained(folder / "first_frame", generator_dtype, tokenizer_dtype)
+            index["first_frame_pipeline"] = ["generators", TextToImagePipeline.__name__]
+
+    @classmethod
+    def _extras_from_index(cls, folder: Path, index: dict) -> dict:
+        extras = {"frame_captions": index.get("frame_captions", "same")}
+        if index.get("first_frame_pipeline", [None])[0] is not None:
+            extras["first_frame_pipeline"] = TextToImagePipeline.from_pretrained(folder / "first_frame")
+        return extras
 
 
 def is_video_pipeline(folder: str | Path) -> bool:

@@ -162,7 +162,12 @@ def video(args) -> None:
         pipe = TextToVideoPipeline.from_pretrained(folder)
         bench = benchmark_video(pipe, grader, bench_config(args), scales)
         facts, tokenizer = bench.facts, type(pipe.tokenizer).__name__
-        name = f"`{folder}` ({tokenizer}, {facts['tokens_per_clip']} tokens)"
+        how = [tokenizer, f"{facts['tokens_per_clip']} tokens"]
+        if pipe.first_frame_pipeline is not None:
+            how.append("first frame from a text-to-image pipeline")
+        if pipe.defaults["num_candidates"] > 1:
+            how.append(f"best of {pipe.defaults['num_candidates']} by CLIP")
+        name = f"`{folder}` ({', '.join(how)})"
         for row, output in zip(bench.rows, bench.outputs, strict=True):
             gif = f"video_{folder.parent.name}_{folder.name}_g{row['guidance']:g}.gif"
             output.save_gif(args.out / "generation" / gif, per_row=2 * args.images_per_prompt)

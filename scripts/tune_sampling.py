@@ -6,7 +6,8 @@ grader accuracy, for a given number of CLIP re-ranking candidates.
 
 Prompts are captions of *training-split* scenes or clips (a seed no other script uses), so the choice is made on
 prompts the benchmark never scores: ``scripts/bench_generation.py`` reports on held-out-split and novel-split
-captions. Videos are scored with ``grade_videos`` (shape and colour on both end frames, and motion direction).
+captions. Videos are scored with ``grade_videos`` (shape and colour on both end frames, and motion direction); their
+CLIP re-ranking compares each candidate clip's last frame with its caption (``TextToVideoPipeline``).
 Prints a table; ``--report PATH`` saves it as JSON. ``--write`` stores the best setting as the pipeline's defaults in
 ``model_index.json`` and the table beside them as ``sampling_sweep.json``; without it the pipeline folder is left
 untouched.
@@ -63,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     video = is_video_pipeline(args.pipeline)
-    if video and args.num_candidates != 1:
-        raise SystemExit("CLIP re-ranking is for still images: use --num-candidates 1 with a text-to-video pipeline")
     pipe = (TextToVideoPipeline if video else TextToImagePipeline).from_pretrained(args.pipeline)
     grader = load_grader(args.grader)
     source = (MovingShapes if video else SyntheticScenes)(args.prompts, 64, split="train", seed=TUNING_SEED)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from generators import GeneratorTrainConfig, PromptEncoder, create_generator
+from generators import GeneratorTrainConfig, PromptEncoder, TextToImagePipeline, create_generator
 from generators.decoding import TokenDecoder, guided_prefix
 from generators.sampling import TokenSampler
 from generators.training import tokenize_split
@@ -19,6 +19,7 @@ from tokenizers_vis import create_tokenizer, load_tokenizer
 from tokenizers_vis.anchored_video import AnchoredVideoTokenizer
 from tokenizers_vis.clip import CLIPEncoder
 from tokenizers_vis.data import MovingShapes
+from tokenizers_vis.data.language import video_frame_captions
 from tokenizers_vis.evaluation.reconstruction import reconstruct
 
 PROMPTS = ["a large red circle moving to the left", "a small blue star moving up"]
@@ -181,3 +182,87 @@ def test_image_to_video_starts_every_clip_from_the_given_first_frame():
     plain = TextToVideoPipeline(create_tokenizer("video1d-tiny"), *generator_and_encoder(8))
     with pytest.raises(ValueError, match="image-to-video needs"):
         plain(PROMPTS, first_frame=first)
+
+
+def factorized_pipeline(**kw) -> TextToVideoPipeline:
+    """A tiny anchored text-to-video pipeline whose first frames a tiny text-to-image pipeline draws."""
+    image, motion = parts()
+    model = AnchoredVideoTokenizer.from_parts(image, motion).eval()
+    generator, encoder = generator_and_encoder(model.num_tokens)
+    frame_generator = create_generator("nt-tiny", codebook_size=64, grid_size=(4, 4), prompt_dim=encoder.dim)
+    frames = TextToImagePipeline(image, frame_generator, encoder, defaults={"temperature": 0.5})
+    options = dict(first_frame_pipeline=frames, frame_captions="moving-shapes")
+    return TextToVideoPipeline(model, generator, encoder, defaults={"guidance_scale": 2.0}, **options | kw)
+
+
+def test_factorized_pipeline_starts_each_clip_from_a_frame_its_image_pipeline_draws(tmp_path):
+    pipe = factorized_pipeline()
+    out = pipe(PROMPTS, num_videos_per_prompt=2, seed=3)
+    assert out.tokens.shape == (4, 24) and out.frames.shape == (4, 5, 3, 32, 32)
+    per_clip = [p for p in PROMPTS for _ in range(2)]
+    starts = [video_frame_captions(p)[0] for p in per_clip]  # "a large red circle at the right", ...
+    drawn = pipe.first_frame_pipeline(starts, seed=3).pixels
+    # the same as image-to-video from those frames, one clip each
+    assert torch.equal(pipe(per_clip, seed=3, first_frame=drawn).tokens, out.tokens)
+    with torch.no_grad():
+        assert torch.equal(out.tokens[:, :16], pipe.tokenizer.encode_first_frame(drawn * 2 - 1))
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["first_frame_pipeline"] == ["generators", "TextToImagePipeline"]
+    assert index["frame_captions"] == "moving-shapes"
+    assert (tmp_path / "pipe" / "first_frame" / "model_index.json").is_file()
+    again = TextToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    assert again.frame_captions == "moving-shapes" and again.first_frame_pipeline.defaults["temperature"] == 0.5
+    assert torch.equal(again(PROMPTS, num_videos_per_prompt=2, seed=3).tokens, out.tokens)
+
+    with pytest.raises(ValueError, match="cannot parse video prompt"):  # before any sampling
+        pipe(["a large red circle at the top left"])
+    with pytest.raises(ValueError, match="unknown frame_captions 'nope'; accepted: same, moving-shapes"):
+        factorized_pipeline(frame_captions="nope")
+    with pytest.raises(ValueError, match="must be a prompt-conditioned text-to-image pipeline"):
+        factorized_pipeline(first_frame_pipeline=pipe)
+    plain = TextToVideoPipeline(create_tokenizer("video1d-tiny"), *generator_and_encoder(8))
+    with pytest.raises(ValueError, match="a first_frame_pipeline needs a tokenizer whose clips begin"):
+        TextToVideoPipeline(
+            plain.tokenizer, plain.generator, plain.prompt_encoder, first_frame_pipeline=pipe.first_frame_pipeline
+        )
+
+
+def test_clip_reranking_keeps_the_clip_whose_last_frame_fits_the_last_frames_caption():
+    pipe = factorized_pipeline()
+    first = (clips(2)[:, 0] + 1) / 2
+    # three candidates per clip sample the same batch as three clips per prompt
+    every = pipe(PROMPTS, num_videos_per_prompt=3, seed=2, first_frame=first)
+    best = pipe(PROMPTS, num_candidates=3, seed=2, first_frame=first)
+    assert best.tokens.shape == (2, 24) and best.frames.shape == (2, 5, 3, 32, 32)
+    clip = pipe.prompt_encoder.clip
+    ends = clip.encode_text([video_frame_captions(p)[1] for p in PROMPTS])  # "... at the center"
+    with torch.no_grad():
+        last = clip.encode_image(every.frames[:, -1] * 2 - 1).view(2, 3, -1)
+    chosen = torch.einsum("bkd,bd->bk", last, ends).argmax(dim=1)
+    for i in range(2):
+        assert torch.equal(best.tokens[i], every.tokens[3 * i + chosen[i]])
+        assert torch.equal(best.frames[i], every.frames[3 * i + chosen[i]])
+
+
+def test_compose_script_adds_a_first_frame_pipeline(tmp_path, run_script):
+    pipe = factorized_pipeline()
+    TextToVideoPipeline(pipe.tokenizer, pipe.generator, pipe.prompt_encoder).save_pretrained(tmp_path / "video")
+    (tmp_path / "video" / "training.json").write_text("{}")
+    pipe.first_frame_pipeline.save_pretrained(tmp_path / "image")
+    args = ["--pipeline", str(tmp_path / "video"), "--first-frame", str(tmp_path / "image")]
+    done = run_script(
+        "compose_video_pipeline",
+        *args,
+        "--frame-captions",
+        "moving-shapes",
+        "--dtype",
+        "float32",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    composed = TextToVideoPipeline.from_pretrained(tmp_path / "out")
+    assert composed.frame_captions == "moving-shapes" and (tmp_path / "out" / "training.json").is_file()
+    assert torch.equal(composed(PROMPTS, seed=1).tokens, pipe(PROMPTS, seed=1).tokens)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from PIL import Image
 
 from generators import GeneratorTrainConfig, PromptEncoder, create_generator
 from generators.benchmark import BenchConfig, benchmark_video
@@ -287,3 +288,38 @@ def test_generate_routes_motion_prompts_to_the_video_pipeline(tmp_path, run_scri
     assert mixed.returncode != 0 and "Traceback" not in mixed.stderr and "describe motion" in mixed.stderr
     refused = run_script("generate", "--pipeline", str(image_pipe), "--video", "--prompt", PROMPTS[0])
     assert refused.returncode != 0 and "needs a text-to-video pipeline" in refused.stderr
+    # the shipped pipeline (assets/video_pipeline, factorized): a motion prompt -> a 9-frame 64-px GIF, offline
+    done = run_script("generate", "--prompt", PROMPTS[0], "--num-images", "1", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    gif = Image.open(tmp_path / "out" / "a_large_red_circle_moving_to_the_left_0.gif")
+    assert gif.n_frames == 9 and gif.size == (64, 64)
+
+
+def test_anchored_decoder_trains_on_another_tokenizers_first_frame(tmp_path):
+    torch.manual_seed(0)
+    model = create_tokenizer("video1d-tiny", anchor_frame=True).eval()
+    videos = clips()
+    other = videos[:, 0].flip(-1)  # a first frame that is not the clip's own
+    with torch.no_grad():
+        given = model(videos, anchor=other)[0]
+        assert torch.allclose(given, model.decode(model.encode(videos), frames=5, anchor=other), atol=1e-6)
+        assert torch.allclose(model(videos)[0], model.decode(model.encode(videos), frames=5, anchor=videos[:, 0]))
+    with pytest.raises(ValueError, match=r"anchor: first frames \(4, 3, 32, 32\)"):
+        model(videos, anchor=other[:, :, :16])
+    with pytest.raises(ValueError, match="anchor_frame=False"):
+        create_tokenizer("video1d-tiny")(videos, anchor=other)
+
+    image = create_tokenizer("vq-f8-tiny")
+    image.save_pretrained(tmp_path / "image")
+    base = dict(preset="video1d-tiny", data="videos", resolution=32, frames=5, eval_frames=5, train_samples=8)
+    base |= dict(eval_samples=2, ood_samples=0, batch_size=2, steps=2, num_workers=0, mixed_precision="no")
+    anchored = {"anchor_frame": True}
+    runs = {}
+    for name, source in (("real", ""), ("redrawn", str(tmp_path / "image"))):
+        cfg = TrainConfig(**base, model_overrides=anchored, anchor_tokenizer=source, output_dir=str(tmp_path / name))
+        train_tokenizer(cfg)
+        runs[name] = load_tokenizer(tmp_path / name / "model").state_dict()
+    changed = [k for k in runs["real"] if not torch.equal(runs["real"][k], runs["redrawn"][k])]
+    assert changed  # the redrawn first frame changed the training steps
+    with pytest.raises(ValueError, match="anchor_tokenizer trains an anchored video tokenizer"):
+        train_tokenizer(TrainConfig(**base, anchor_tokenizer=str(tmp_path / "image"), output_dir=str(tmp_path / "x")))

@@ -71,6 +71,11 @@ def parse_train_args(argv: list[str] | None = None, description: str | None = No
         "timm:<name>, timm:<name>@<checkpoint>, open_clip:<name>:<tag>",
     )
     p.add_argument(
+        "--anchor-tokenizer",
+        help="anchored video1d: a saved image tokenizer; the decoder learns from its reconstruction of each clip's "
+        "first frame (what a text-to-video pipeline's first-frame tokens draw) instead of the real frame",
+    )
+    p.add_argument(
         "--semantic-layer",
         choices=("decoder", "encoder", "quantized"),
         help="tokenizer feature aligned to the teacher (default decoder)",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import build_dataset, collate_images
 from .evaluation import evaluate_ood, evaluate_tokenizer, ood_images
 from .losses import PatchDiscriminator, adaptive_gan_weight, build_lpips, hinge_d_loss, hinge_g_loss
-from .registry import DEFAULT_PRESET, create_tokenizer, family_of, preset_class, tokenizer_families
+from .registry import DEFAULT_PRESET, create_tokenizer, family_of, load_tokenizer, preset_class, tokenizer_families
 from .teacher import load_teacher
 from .train_core import (
     AccelerateRunConfig,
@@ -71,6 +71,9 @@ class TrainConfig(AccelerateRunConfig):
     lpips_weight: float = 0.0  # needs pretrained LPIPS weights, refused clearly offline
     semantic_teacher: str = ""  # "" = off; see tokenizers_vis.teacher.load_teacher for the accepted forms
     semantic_weight: float = 0.5  # weight of 1 - cos(projected tokenizer feature, teacher feature)
+    # anchored video1d: a saved image tokenizer whose reconstruction of frame 0 the decoder is given in training, the
+    # frame it is given when a text-to-video pipeline's image tokens draw it ("" = the real frame)
+    anchor_tokenizer: str = ""
     num_workers: int = 2
 
 
@@ -186,6 +189,11 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         model = create_tokenizer(cfg.preset, **{**semantic, **cfg.model_overrides})
     elif teacher is not None and getattr(model.config, "semantic_dim", 0) != teacher.dim:
         raise ValueError(f"the model's semantic_dim must equal the teacher's feature width {teacher.dim}")
+    anchor_tokenizer = None
+    if cfg.anchor_tokenizer:
+        if not getattr(model.config, "anchor_frame", False) or cfg.data != "videos":
+            raise ValueError("anchor_tokenizer trains an anchored video tokenizer (anchor_frame=True) on videos")
+        anchor_tokenizer = load_tokenizer(cfg.anchor_tokenizer).to(accelerator.device).eval().requires_grad_(False)
     images_2d = not family_of(type(model)).takes_videos
     if images_2d:
         model = model.to(memory_format=torch.channels_last)
@@ -235,6 +243,9 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         if images_2d:
             x = x.contiguous(memory_format=torch.channels_last)
         semantic = {"semantic_target": teacher(teacher_inputs(raw, x))} if teacher is not None else {}
+        if anchor_tokenizer is not None:
+            with torch.no_grad():
+                semantic["anchor"] = anchor_tokenizer.decode(anchor_tokenizer.encode(x[:, 0])).clamp(-1, 1)
         with accelerator.autocast():
             recon, losses = model(x, **semantic)
             loss = losses["loss"]

@@ -246,16 +246,22 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
         return self.decode_latents(self.quantizer.codes(indices), frames, anchor)
 
     def forward(
-        self, videos: torch.Tensor, semantic_target: torch.Tensor | None = None
+        self, videos: torch.Tensor, semantic_target: torch.Tensor | None = None, anchor: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``semantic_target``: a teacher's patch features (B * t, N, semantic_dim) of :meth:`semantic_frames`, or
-        None."""
+        None. ``anchor`` (anchored models): the first frame (B, 3, S, S) the decoder is given instead of the clip's
+        own, e.g. an image tokenizer's reconstruction of it; the target stays the clip."""
         check_semantic_target(semantic_target, self.config.semantic_dim)
         target = videos if videos.ndim == 5 else videos[:, None]
         feats = self.encoder_cnn(self._as_video(videos))
         z, out = self._quantize(feats)
-        anchor = (feats[:, :, :1], target[:, 0]) if self.config.anchor_frame else (None, None)
-        recon, cells, warp = self._decode(z, target.shape[1], *anchor)
+        if anchor is not None and (not self.config.anchor_frame or anchor.shape != target[:, 0].shape):
+            raise ValueError(
+                f"anchor: first frames {tuple(target[:, 0].shape)} for an anchor_frame model, got "
+                f"{tuple(anchor.shape)} (anchor_frame={self.config.anchor_frame})"
+            )
+        given = (self.anchor_features(anchor), anchor) if anchor is not None else (feats[:, :, :1], target[:, 0])
+        recon, cells, warp = self._decode(z, target.shape[1], *(given if self.config.anchor_frame else (None, None)))
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
         step = self.config.temporal_factor

@@ -158,3 +158,15 @@ def parse_video_prompt(prompt: str) -> dict[str, str]:
             f"  <direction>: {', '.join(DIRECTIONS)}"
         )
     return dict(zip(("size", "color", "shape", "direction"), match.groups(), strict=True))
+
+
+def video_frame_captions(prompt: str) -> tuple[str, str]:
+    """A video prompt's end frames as still-scene captions: ``"a large red circle moving to the left"`` ->
+    ``("a large red circle at the right", "a large red circle at the center")``. The object starts in the cell
+    opposite its motion, the one start every clip of :mod:`.videos` allows for any size (its travel leaves room from
+    there), and ends in the center cell (a travel of 0.4 of the side from a border cell's centre)."""
+    words = parse_video_prompt(prompt)
+    dx, dy = DIRECTIONS[words["direction"]]
+    thing = f"a {words['size']} {words['color']} {words['shape']}"
+    start = POSITIONS[int(1 - dy) * 3 + int(1 - dx)]
+    return f"{thing} at the {start}", f"{thing} at the center"
