@@ -242,12 +242,12 @@ def train_tokenizer(cfg: TrainConfig, model=None) -> dict:
         x = source.batch(step).to(accelerator.device)
         if images_2d:
             x = x.contiguous(memory_format=torch.channels_last)
-        semantic = {"semantic_target": teacher(teacher_inputs(raw, x))} if teacher is not None else {}
+        given = {"semantic_target": teacher(teacher_inputs(raw, x))} if teacher is not None else {}
         if anchor_tokenizer is not None:
             with torch.no_grad():
-                semantic["anchor"] = anchor_tokenizer.decode(anchor_tokenizer.encode(x[:, 0])).clamp(-1, 1)
+                given["anchor"] = anchor_tokenizer.decode(anchor_tokenizer.encode(x[:, 0])).clamp(-1, 1)
         with accelerator.autocast():
-            recon, losses = model(x, **semantic)
+            recon, losses = model(x, **given)
             loss = losses["loss"]
             if stills is not None:
                 loss = loss + model(stills.batch(step).to(accelerator.device))[1]["loss"]
