@@ -260,8 +260,10 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
                 f"anchor: first frames {tuple(target[:, 0].shape)} for an anchor_frame model, got "
                 f"{tuple(anchor.shape)} (anchor_frame={self.config.anchor_frame})"
             )
-        given = (self.anchor_features(anchor), anchor) if anchor is not None else (feats[:, :, :1], target[:, 0])
-        recon, cells, warp = self._decode(z, target.shape[1], *(given if self.config.anchor_frame else (None, None)))
+        first = (None, None)
+        if self.config.anchor_frame:  # the decoder starts from the given first frame, else from the clip's own
+            first = (self.anchor_features(anchor), anchor) if anchor is not None else (feats[:, :, :1], target[:, 0])
+        recon, cells, warp = self._decode(z, target.shape[1], *first)
         flat = (recon.flatten(0, 1), target.flatten(0, 1))
         losses = reconstruction_losses(*flat, self.config.recon_loss, out, self.config.quantizer_weight)
         step = self.config.temporal_factor
