@@ -58,21 +58,23 @@ assets-nx: $(STAMP)
 
 # The shipped text-to-video pipeline from seed 0 (times in the README), factorized: assets/pipeline draws each clip's
 # first frame for the prompt's start ("a large red circle at the right" for "... moving to the left"), then nt-video
-# samples 32 motion tokens of the anchored 1D video tokenizer (trained here on the classic moving-shape clips) after
-# that frame's 256 tokens, 8 candidates per clip, re-ranked by CLIP on the last frame. The generator learns whole
-# clips (first frame's tokens, then motion tokens) through assets/pipeline's prompt encoder. The image tokenizer,
-# prompt encoder and first-frame pipeline are links to assets/pipeline, so the folder stays under 10 MB.
+# samples 32 motion tokens of the anchored 1D video tokenizer (trained here on the classic moving-shape clips, its
+# decoder given assets/pipeline's reconstruction of the first frame) after that frame's 256 tokens, 8 candidates per
+# clip, re-ranked by CLIP on the last frame. The generator reads whole clips through assets/pipeline's prompt encoder
+# but learns only the motion tokens (--first-frame-given). The image tokenizer, prompt encoder and first-frame
+# pipeline are links to assets/pipeline, so the folder stays under 10 MB.
 VIDEO := runs/assets/video
 VIDEO_TOKENIZER_STEPS := 1000
 VIDEO_GEN_STEPS := --steps 3000 --batch-size 32 --train-samples 20000
 assets-video: $(STAMP)
 	$(BIN)/accelerate launch scripts/train_tokenizer.py --tokenizer video1d --preset video1d-32-anchor \
-		--steps $(VIDEO_TOKENIZER_STEPS) --palette classic --photo-fraction 0 --output-dir $(VIDEO)/motion
+		--steps $(VIDEO_TOKENIZER_STEPS) --palette classic --photo-fraction 0 \
+		--anchor-tokenizer assets/pipeline/tokenizer --output-dir $(VIDEO)/motion
 	$(BIN)/python scripts/assemble_video_tokenizer.py --image assets/pipeline/tokenizer \
 		--motion $(VIDEO)/motion/model --output-dir $(VIDEO)/tokenizer
 	$(BIN)/accelerate launch scripts/train_generator.py --data videos --tokenizer $(VIDEO)/tokenizer/model \
-		--preset nt-video $(VIDEO_GEN_STEPS) --eval-samples 256 --pipeline-dtype bfloat16 \
-		--pipeline-tokenizer-dtype bfloat16 --output-dir $(VIDEO)/generator
+		--preset nt-video $(VIDEO_GEN_STEPS) --eval-samples 256 --first-frame-given \
+		--pipeline-dtype bfloat16 --pipeline-tokenizer-dtype bfloat16 --output-dir $(VIDEO)/generator
 	rm -rf assets/video_pipeline
 	$(BIN)/python scripts/compose_video_pipeline.py --pipeline $(VIDEO)/generator/pipeline \
 		--first-frame assets/pipeline --frame-captions moving-shapes --output-dir assets/video_pipeline

@@ -38,6 +38,11 @@ state makes a resumed run draw the same sequence, and ranks seeded alike (``set_
 
 Sampling is always next-token generation; ``random`` and ``next_all`` only shape the representation.
 
+**Given context** (config ``context_tokens`` = C > 0): the first C tokens of every grid are always given at
+sampling (``generate(first_tokens=...)``, e.g. a video's first-frame tokens in image-to-video or factorized
+text-to-video), so training puts no loss on them: the model still reads them, and all of its capacity goes to the
+tokens it will sample. Such a generator refuses to sample without them.
+
 **Multi-token prediction** (config ``num_predict``): ``num_predict - 1`` extra heads on the final hidden states;
 head m predicts the token m places after the slot's target (token i + m at slot i in the ``next`` layout; k + m in
 ``next_all``). Each is a residual SwiGLU block (pre-norm, the decoder's MLP width) followed by its own norm and
@@ -154,6 +159,7 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         norm_eps: float = 1e-6,
         class_in_slots: bool = False,
         layout: str = "start",
+        context_tokens: int = 0,
     ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
@@ -165,6 +171,12 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         if not 1 <= num_predict <= math.prod(grid_size):
             raise ValueError(f"num_predict must be in [1, {math.prod(grid_size)}] (the grid's size), got {num_predict}")
         self._objective_names, self._objective_weights = self._parse_objectives(objectives)
+        if not 0 <= context_tokens < math.prod(grid_size):
+            raise ValueError(
+                f"context_tokens must be in [0, {math.prod(grid_size)}) (the grid's size): {context_tokens}"
+            )
+        if context_tokens and "random" in self._objective_names:
+            raise ValueError("context_tokens needs the next / next_all objectives (random masks the context too)")
         self.token_embed = nn.Embedding(codebook_size + 1, dim)  # the extra id is the start token (and the mask)
         self.target_pos = nn.Parameter(torch.randn(math.prod(grid_size), dim) * 0.02) if layout == "start" else None
         self._init_conditioning(condition, dim, num_classes, prompt_dim, prompt_length)
@@ -261,7 +273,7 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         """Teacher-forced logits ``(B, N, codebook_size)`` for index grids ``(B, *grid_size)``, or with
         ``return_loss`` the training loss (what training loops call, so DDP sees one forward). In training mode a
         random ``cond_dropout`` share of the samples sees the null condition, and the loss is that of the step's
-        drawn objective (next-token outside training)."""
+        drawn objective (next-token outside training), over the tokens after the first ``context_tokens``."""
         self._check_tokens(tokens)
         b, n = tokens.shape[0], self.num_tokens
         flat = tokens.flatten(1)
@@ -282,9 +294,10 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
             slots = slots if cond is None else slots + cond
         x = torch.cat([prefix, slots], dim=1)
         h = self.transformer(x, self._rotary(self._positions(0, x.shape[1])))[:, self.first_slot :]
-        logits = self.head(h)
         if not return_loss:
-            return logits
+            return self.head(h)
+        h, targets = h[:, self.config.context_tokens :], targets[:, self.config.context_tokens :]
+        logits = self.head(h)
         loss = F.cross_entropy(logits.float().flatten(0, 1), flat.gather(1, targets).flatten())
         if len(self.extra_heads):
             loss = loss + self._lookahead_loss(h, flat, targets)
@@ -378,6 +391,12 @@ class NextTokenGenerator(PrefixConditioning, ModelMixin, ConfigMixin):
         sampler = TokenSampler(
             self.num_tokens, prefix.guided, guidance_scale, guidance_schedule, temperature, top_k, top_p, generator
         )
+        context = self.config.context_tokens
+        if context and (first_tokens is None or first_tokens.shape[-1] < context):
+            raise ValueError(
+                f"this generator learned only the tokens after the first {context} (context_tokens), which must be "
+                "given: pass first_tokens (for video: a first_frame, or a pipeline with a first_frame_pipeline)"
+            )
         if first_tokens is not None:
             g = first_tokens.shape[-1]
             if first_tokens.shape != (prefix.batch_size, g) or not 0 < g < self.num_tokens:

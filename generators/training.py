@@ -155,7 +155,8 @@ class Conditioner:
 
 @torch.no_grad()
 def evaluate_generator(model, condition: Conditioner, data: TokenShards, batch_size: int = 128) -> dict:
-    """Teacher-forced held-out cross-entropy and next-token accuracy (condition always on); for a next-X generator
+    """Teacher-forced held-out cross-entropy and next-token accuracy (condition always on; a generator's given
+    ``context_tokens`` are not scored); for a next-X generator
     its flow-matching loss on clean context, with noise drawn from a fixed seed so runs compare."""
     model.eval()
     batches = [torch.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
@@ -168,11 +169,13 @@ def evaluate_generator(model, condition: Conditioner, data: TokenShards, batch_s
                 total += model.loss(tokens, condition(data, idx, model.device)).item() * len(idx)
         return {"heldout_loss": total / len(data)}
     total, hits, count = 0.0, 0, 0
+    context = getattr(model.config, "context_tokens", 0)
     for idx in batches:
-        tokens = data.tokens(idx).to(model.device)
-        logits = model(tokens, condition(data, idx, model.device)).float()
+        grids = data.tokens(idx).to(model.device)
+        logits = model(grids, condition(data, idx, model.device))[:, context:].float()
+        tokens = grids.flatten(1)[:, context:]
         total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
-        hits += (logits.argmax(-1) == tokens.flatten(1)).sum().item()
+        hits += (logits.argmax(-1) == tokens).sum().item()
         count += tokens.numel()
     return {"heldout_loss": total / count, "heldout_token_accuracy": hits / count}
 
@@ -190,7 +193,7 @@ def write_samples(pipe: TextToImagePipeline, requests: dict, path: Path, seed: i
     """One row per prompt or class (or per unconditional row), four samples each (videos: a GIF next to the PNG,
     which shows each clip's frames)."""
     if pipe.produces_video:
-        write_video_samples(pipe, requests["prompt"], path, seed, **sampling)
+        write_video_samples(pipe, requests["prompt"], path, seed, requests.get("first_frame"), **sampling)
         return
     if "rows" in requests:
         out = pipe(num_images_per_prompt=4 * requests["rows"], seed=seed, **sampling)
@@ -207,6 +210,16 @@ def build_generator(cfg: GeneratorTrainConfig, tokenizer, train: TokenShards, co
     elif condition == "class":
         overrides |= dict(num_classes=train.num_classes)
     overrides |= cfg.model_overrides
+    if "context_tokens" in overrides:
+        # training samples and the pipeline can give a first frame only
+        given = overrides["context_tokens"]
+        if given != "first-frame" or not hasattr(tokenizer, "frame_tokens"):
+            raise ValueError(
+                "training supports context_tokens='first-frame' only (--first-frame-given), with a tokenizer whose "
+                f"clips begin with a first frame's tokens (AnchoredVideoTokenizer); got {given!r} with a "
+                f"{type(tokenizer).__name__}"
+            )
+        overrides["context_tokens"] = tokenizer.frame_tokens
     regresses_codes = preset_class(cfg.preset).family.regresses_codes
     if regresses_codes:
         device = next(tokenizer.parameters()).device
@@ -265,6 +278,9 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     sampling = {"guidance_scale": GUIDANCE_BY_CONDITION[condition], **cfg.sampling_defaults}
     pipe = pipeline_class(tokenizer, raw, encoder, sampling, class_names=train.class_names)
     requests = sample_requests(condition, heldout)
+    if raw.config.get("context_tokens"):  # such a generator only continues given first frames: the held-out ones
+        shown = heldout.tokens(torch.arange(len(requests["prompt"]))).to(device)
+        requests["first_frame"] = (tokenizer.decode_first_frame(shown) + 1) / 2
     rank = accelerator.process_index
     guard = NonFiniteGuard(accelerator, out, cfg.max_nonfinite_skips)
     t0 = time.time()

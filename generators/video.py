@@ -206,9 +206,16 @@ def is_video_pipeline(folder: str | Path) -> bool:
     return index.is_file() and json.loads(index.read_text()).get("_class_name") == TextToVideoPipeline.__name__
 
 
-def write_video_samples(pipe: TextToVideoPipeline, prompts: list[str], path: Path, seed: int, **sampling) -> None:
-    """Four clips per prompt: a GIF (one row per prompt) at ``path`` with suffix .gif and a PNG strip (one clip per
-    row) with suffix .png."""
-    out = pipe(prompts, num_videos_per_prompt=4, seed=seed, **sampling)
+def write_video_samples(
+    pipe: TextToVideoPipeline,
+    prompts: list[str],
+    path: Path,
+    seed: int,
+    first_frame: torch.Tensor | None = None,
+    **sampling,
+) -> None:
+    """Four clips per prompt (from its ``first_frame`` when given, one image per prompt in [0, 1]): a GIF (one row
+    per prompt) at ``path`` with suffix .gif and a PNG strip (one clip per row) with suffix .png."""
+    out = pipe(prompts, num_videos_per_prompt=4, seed=seed, first_frame=first_frame, **sampling)
     out.save_gif(path.with_suffix(".gif"), per_row=4)
     out.save_strip(path.with_suffix(".png"))

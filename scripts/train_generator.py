@@ -10,6 +10,8 @@
         --tokenizer runs/vq16/model --resolution 256                             # class sub-folders
     accelerate launch scripts/train_generator.py --data videos --frames 9 --tokenizer runs/tok_video/model \
         --train-samples 12000 --output-dir runs/video_gen                       # text-to-video (GIF samples)
+    accelerate launch scripts/train_generator.py --data videos --tokenizer runs/anchored/model \
+        --first-frame-given --output-dir runs/motion_gen              # motion tokens after a given first frame
 
 The data is tokenized once into token shards on disk (``--cache-dir``; a killed tokenization continues where it
 stopped); a killed run continues with the same command plus ``--resume``. Sample grids (``samples_*.png``) are
@@ -24,7 +26,7 @@ import json
 
 from generators import ENTITIES, GeneratorTrainConfig, list_generators, train_generator
 
-MODEL_FLAGS = ("entity", "k", "noisy_context", "num_predict", "objectives")
+MODEL_FLAGS = ("entity", "k", "noisy_context", "num_predict", "objectives", "context_tokens")
 SAMPLING_FLAGS = {"guidance_scale": float, "guidance_schedule": str, "temperature": float, "top_k": int, "top_p": float}
 
 
@@ -47,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> GeneratorTrainConfig:
     p.add_argument("--num-predict", type=int, help="next-token: tokens predicted per slot (multi-token heads)")
     p.add_argument(
         "--objectives", type=ratios, help="next-token TokenUnify mixture, e.g. next=0.6,random=0.2,next_all=0.2"
+    )
+    p.add_argument(
+        "--first-frame-given",
+        dest="context_tokens",
+        action="store_const",
+        const="first-frame",
+        help="videos over an anchored tokenizer: learn only the motion tokens after the first frame's, which "
+        "sampling is always given (image-to-video, or factorized text-to-video through compose_video_pipeline.py)",
     )
     p.add_argument("--tokenizer", help="saved tokenizer folder")
     p.add_argument(
