@@ -156,8 +156,8 @@ class Conditioner:
 @torch.no_grad()
 def evaluate_generator(model, condition: Conditioner, data: TokenShards, batch_size: int = 128) -> dict:
     """Teacher-forced held-out cross-entropy and next-token accuracy (condition always on; a generator's given
-    ``context_tokens`` are not scored); for a next-X generator
-    its flow-matching loss on clean context, with noise drawn from a fixed seed so runs compare."""
+    ``context_tokens`` are not scored); for a next-X generator its flow-matching loss on clean context, with noise
+    drawn from a fixed seed so runs compare."""
     model.eval()
     batches = [torch.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     if type(model).family.regresses_codes:
@@ -280,7 +280,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     requests = sample_requests(condition, heldout)
     if raw.config.get("context_tokens"):  # such a generator only continues given first frames: the held-out ones
         shown = heldout.tokens(torch.arange(len(requests["prompt"]))).to(device)
-        requests["first_frame"] = (tokenizer.decode_first_frame(shown) + 1) / 2
+        with torch.no_grad():
+            requests["first_frame"] = (tokenizer.decode_first_frame(shown) + 1) / 2
     rank = accelerator.process_index
     guard = NonFiniteGuard(accelerator, out, cfg.max_nonfinite_skips)
     t0 = time.time()
