@@ -30,10 +30,14 @@ def test_the_loss_covers_only_the_tokens_after_the_context():
     other = tokens.clone()
     other[:, 15] = (other[:, 15] + 1) % 64
     assert not torch.equal(model(other, return_loss=True), model(tokens, return_loss=True))
-    # next_all and multi-token heads train on the same slots
+    # multi-token heads and the next_all objective train with a context too
     model = create_generator(
         "nt-tiny", codebook_size=64, grid_size=(24,), condition="none", context_tokens=16, num_predict=2
     ).eval()
+    assert model(tokens, return_loss=True).isfinite()
+    model = create_generator(
+        "nt-tiny", codebook_size=64, grid_size=(24,), condition="none", context_tokens=16, objectives={"next_all": 1}
+    ).train()
     assert model(tokens, return_loss=True).isfinite()
 
 
