@@ -83,7 +83,7 @@ assets-video: $(STAMP)
 	ln -s ../../pipeline/tokenizer assets/video_pipeline/tokenizer/image
 	ln -s ../pipeline assets/video_pipeline/first_frame
 	$(BIN)/python scripts/tune_sampling.py --pipeline assets/video_pipeline --guidance-scales 1,2 \
-		--temperatures 0.7,0.5,0.3 --top-ks 0 --num-candidates 8 --write
+		--temperatures 1.0,0.7,0.5,0.3 --top-ks 0 --num-candidates 8 --rerank round-trip --write
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

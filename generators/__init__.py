@@ -6,7 +6,7 @@ from .entities import ENTITIES, make_entity
 from .llamagen import convert_llamagen_gpt, convert_llamagen_pipeline
 from .next_token import NextTokenGenerator
 from .next_x import NextXGenerator
-from .pipeline import SAMPLING_KEYS, PipelineOutput, TextToImagePipeline, save_grid
+from .pipeline import RERANKERS, SAMPLING_KEYS, PipelineOutput, TextToImagePipeline, save_grid
 from .prompt_encoder import PromptEncoder
 from .registry import PRESETS, create_generator, list_generators, load_generator, preset_class
 from .sampling import guidance_at, sample_logits, top_k_filter, top_p_filter
@@ -24,6 +24,7 @@ __all__ = [
     "make_entity",
     "preset_class",
     "PRESETS",
+    "RERANKERS",
     "SAMPLING_KEYS",
     "GeneratorTrainConfig",
     "KVCache",

@@ -16,7 +16,9 @@ The sampling settings found best by ``scripts/tune_sampling.py`` are stored as t
 ``num_candidates`` > 1 draws that many samples per requested image and keeps the one whose CLIP image embedding
 (the prompt encoder's own CLIP, image tower) is closest to the prompt's text embedding: CLIP re-ranking, as in
 DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-conditioned generator whose prompt encoder
-is a CLIP with an image tower (a :class:`PromptEncoder`, not a transformers text encoder).
+is a CLIP with an image tower (a :class:`PromptEncoder`, not a transformers text encoder). With
+``rerank="round-trip"`` it keeps instead the sample whose decoded pixels encode back closest to its own tokens
+(the tokenizer's ``round_trip_distance``: the video tokenizers), which needs no caption and no CLIP.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ RUN_DEFAULTS = {
     "top_k": 0,
     "top_p": 1.0,
     "num_candidates": 1,
+    "rerank": "clip",
 }
+RERANKERS = ("clip", "round-trip")  # how num_candidates > 1 picks a sample (module docstring)
+ROUND_TRIP_BATCH = 64  # samples re-encoded at once: a request's candidates can number hundreds of clips
 # plus the settings of one generator family only (its ``family.sampling_keys``, e.g. next-X flow steps): passed on
 # when given, refused for a generator of another family
 FAMILY_KEYS = tuple(dict.fromkeys(key for family in generator_families().values() for key in family.sampling_keys))
@@ -151,7 +156,7 @@ class TextToImagePipeline:
                 [self(**{key: part}, seed=s, return_stats=return_stats, **options, **sampling) for part, s in runs]
             )
         sampling = self._sampling(sampling)
-        candidates = self._pop_candidates(sampling)
+        candidates, rerank = self._pop_candidates(sampling)
         kind = self.generator.config.condition
         if kind == "prompt":
             if prompt is None:
@@ -181,7 +186,10 @@ class TextToImagePipeline:
         tokens, stats = result if return_stats else (result, None)
         pixels = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
         if candidates > 1:
-            rows = self._best_candidates(wanted, pixels, candidates)
+            if rerank == "clip":
+                rows = self._best_candidates(wanted, pixels, candidates)
+            else:
+                rows = self._closest_round_trips(tokens, pixels, candidates)
             tokens, pixels = tokens[rows], pixels[rows]
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
         return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu(), stats)
@@ -209,18 +217,25 @@ class TextToImagePipeline:
             raise ValueError(f"{key} does not apply to a {type(self.generator).__name__}")
         return sampling
 
-    def _pop_candidates(self, sampling: dict) -> int:
-        """Takes ``num_candidates`` out of ``sampling``; refuses, before any sampling, a count this pipeline cannot
-        re-rank."""
-        candidates = int(sampling.pop("num_candidates"))
+    def _pop_candidates(self, sampling: dict) -> tuple[int, str]:
+        """Takes ``num_candidates`` and ``rerank`` out of ``sampling``; refuses, before any sampling, a count or a
+        re-ranker this pipeline cannot use."""
+        candidates, rerank = int(sampling.pop("num_candidates")), sampling.pop("rerank")
         if candidates < 1 or (candidates > 1 and self.generator.config.condition != "prompt"):
             raise ValueError(f"num_candidates must be >= 1 (> 1 only with prompts), got {candidates}")
-        if candidates > 1 and not hasattr(self.prompt_encoder, "clip"):
+        if rerank not in RERANKERS:
+            raise ValueError(f"unknown rerank {rerank!r}; accepted: {', '.join(RERANKERS)}")
+        if candidates > 1 and rerank == "clip" and not hasattr(self.prompt_encoder, "clip"):
             raise ValueError(
                 f"num_candidates > 1 re-ranks with CLIP image embeddings, and this pipeline's prompt encoder "
                 f"({type(self.prompt_encoder).__name__}) has no image tower; use num_candidates=1"
             )
-        return candidates
+        if candidates > 1 and rerank == "round-trip" and not hasattr(self.tokenizer, "round_trip_distance"):
+            raise ValueError(
+                f"rerank='round-trip' needs a tokenizer with round_trip_distance (Video1DTokenizer, "
+                f"AnchoredVideoTokenizer), got a {type(self.tokenizer).__name__}; use rerank='clip'"
+            )
+        return candidates, rerank
 
     def _best_candidates(self, prompts: list[str], images: torch.Tensor, candidates: int) -> torch.Tensor:
         """Row of each prompt's best candidate among ``images`` (``candidates`` consecutive rows per prompt, in
@@ -229,6 +244,21 @@ class TextToImagePipeline:
         embeddings = clip.encode_image(images * 2 - 1).view(len(prompts), candidates, -1)
         best = torch.einsum("bkd,bd->bk", embeddings, clip.encode_text(prompts)).argmax(dim=1)
         return torch.arange(len(prompts), device=best.device) * candidates + best
+
+    def _closest_round_trips(self, tokens: torch.Tensor, samples: torch.Tensor, candidates: int) -> torch.Tensor:
+        """Row of each request's best candidate among ``samples`` (decoded from ``tokens``, ``candidates``
+        consecutive rows per request, in [0, 1]): the one whose pixels encode back closest to its tokens."""
+        step = ROUND_TRIP_BATCH
+        distances = torch.cat(
+            [
+                self.tokenizer.round_trip_distance(
+                    tokens[i : i + step], samples[i : i + step].to(tokens.device) * 2 - 1
+                )
+                for i in range(0, len(samples), step)
+            ]
+        )
+        best = distances.view(-1, candidates).argmin(dim=1)
+        return torch.arange(len(best), device=best.device) * candidates + best
 
     # ---- folders -------------------------------------------------------------------------------------------------
 

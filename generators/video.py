@@ -71,7 +71,8 @@ class TextToVideoPipeline(TextToImagePipeline):
     the prompt's first-frame caption, and the generator samples the motion tokens after it. ``frame_captions`` names
     how a video prompt becomes its first and last frames' captions (:data:`FRAME_CAPTIONS`). ``num_candidates`` > 1
     samples that many clips per requested clip and keeps the one whose last frame CLIP finds closest to the last
-    frame's caption.
+    frame's caption, or with ``rerank="round-trip"`` the one whose frames encode back closest to its motion tokens
+    (:meth:`~tokenizers_vis.AnchoredVideoTokenizer.round_trip_distance`).
     """
 
     produces_video = True
@@ -143,12 +144,13 @@ class TextToVideoPipeline(TextToImagePipeline):
                 parts.append(self(part, seed=s, first_frame=frames, **options, **sampling))
             return VideoPipelineOutput.concat(parts)
         sampling = self._sampling(sampling)
-        candidates = self._pop_candidates(sampling)
+        candidates, rerank = self._pop_candidates(sampling)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         per_clip = [p for p in prompts for _ in range(num_videos_per_prompt)]
         drawing = first_frame is None and self.first_frame_pipeline is not None
         # parsed before any sampling, so a prompt the rule cannot read fails first
-        captions = [FRAME_CAPTIONS[self.frame_captions](p) for p in per_clip] if drawing or candidates > 1 else []
+        by_clip = candidates > 1 and rerank == "clip"
+        captions = [FRAME_CAPTIONS[self.frame_captions](p) for p in per_clip] if drawing or by_clip else []
         first_tokens = None
         if first_frame is not None:
             first_tokens = self._first_frame_tokens(first_frame, len(prompts))
@@ -165,7 +167,10 @@ class TextToVideoPipeline(TextToImagePipeline):
         )
         frames = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
         if candidates > 1:
-            rows = self._best_candidates([end for _, end in captions], frames[:, -1], candidates)
+            if by_clip:
+                rows = self._best_candidates([end for _, end in captions], frames[:, -1], candidates)
+            else:
+                rows = self._closest_round_trips(tokens, frames, candidates)
             tokens, frames = tokens[rows], frames[rows]
         frames = frames.cpu()
         arrays = (frames.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()

@@ -166,7 +166,8 @@ def video(args) -> None:
         if pipe.first_frame_pipeline is not None:
             how.append("first frame from a text-to-image pipeline")
         if pipe.defaults["num_candidates"] > 1:
-            how.append(f"best of {pipe.defaults['num_candidates']} by CLIP")
+            ranker = {"clip": "CLIP", "round-trip": "round trip"}[pipe.defaults["rerank"]]
+            how.append(f"best of {pipe.defaults['num_candidates']} by {ranker}")
         name = f"`{folder}` ({', '.join(how)})"
         for row, output in zip(bench.rows, bench.outputs, strict=True):
             gif = f"video_{folder.parent.name}_{folder.name}_g{row['guidance']:g}.gif"

@@ -28,6 +28,7 @@ import torch
 
 from generators import (
     ENTITIES,
+    RERANKERS,
     SAMPLING_KEYS,
     TextToImagePipeline,
     TextToVideoPipeline,
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--num-candidates", type=int, help="samples per image; the best CLIP match is kept")
+    p.add_argument("--num-candidates", type=int, help="samples per image; the pipeline's re-ranker keeps the best")
+    p.add_argument("--rerank", choices=RERANKERS, help="how the best candidate is picked (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step (slow)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -246,6 +246,43 @@ def test_clip_reranking_keeps_the_clip_whose_last_frame_fits_the_last_frames_cap
         assert torch.equal(best.frames[i], every.frames[3 * i + chosen[i]])
 
 
+def test_a_clip_codes_back_to_its_own_tokens_and_not_to_changed_ones():
+    model = AnchoredVideoTokenizer.from_parts(*parts()).eval()
+    videos = clips(3)
+    with torch.no_grad():
+        indices = model.encode(videos)
+        own = model.round_trip_distance(indices, videos)
+        moved = indices.clone()
+        moved[:, -1] = (moved[:, -1] + 1) % model.codebook_size  # one motion token off
+        off = model.round_trip_distance(moved, videos)
+    assert own.shape == (3,) and torch.equal(own, torch.zeros(3))  # the codes of encode(v) are quantize(v)'s
+    assert (off > 0).all()
+    # only the motion tokens are scored: the first frame's are given and decode to that frame as they are
+    shuffled = torch.cat([indices[:, : model.frame_tokens].roll(1, dims=0), indices[:, model.frame_tokens :]], 1)
+    with torch.no_grad():
+        assert torch.equal(model.round_trip_distance(shuffled, videos), own)
+    with pytest.raises(ValueError, match=r"expected indices \(B, 24\)"):
+        model.round_trip_distance(indices[:, :20], videos)
+    with pytest.raises(ValueError, match=r"expected indices \(2, 8\) for 2 clips, got \(3, 8\)"):
+        model.motion.round_trip_distance(indices[:, model.frame_tokens :], videos[:2])
+
+
+def test_round_trip_reranking_keeps_the_clip_that_codes_back_closest_to_its_tokens():
+    pipe = factorized_pipeline()
+    first = (clips(2)[:, 0] + 1) / 2
+    every = pipe(PROMPTS, num_videos_per_prompt=3, seed=2, first_frame=first)
+    best = pipe(PROMPTS, num_candidates=3, seed=2, first_frame=first, rerank="round-trip")
+    with torch.no_grad():
+        distances = pipe.tokenizer.round_trip_distance(every.tokens, every.frames * 2 - 1).view(2, 3)
+    chosen = distances.argmin(dim=1)
+    assert distances.min(dim=1).values.lt(distances.max(dim=1).values).all()  # a choice was there to make
+    for i in range(2):
+        assert torch.equal(best.tokens[i], every.tokens[3 * i + chosen[i]])
+        assert torch.equal(best.frames[i], every.frames[3 * i + chosen[i]])
+    with pytest.raises(ValueError, match="unknown rerank 'best'; accepted: clip, round-trip"):
+        pipe(PROMPTS, num_candidates=3, first_frame=first, rerank="best")
+
+
 def test_compose_script_adds_a_first_frame_pipeline(tmp_path, run_script):
     pipe = factorized_pipeline()
     TextToVideoPipeline(pipe.tokenizer, pipe.generator, pipe.prompt_encoder).save_pretrained(tmp_path / "video")

@@ -21,7 +21,8 @@ def test_each_generator_declares_its_family(cls):
     assert family.default_preset in family.presets
     assert all(PRESETS[name] == (cls, kwargs) for name, kwargs in family.presets.items())
     generate = inspect.signature(cls.generate).parameters
-    assert set(RUN_DEFAULTS) - {"num_candidates"} <= set(generate)  # the pipelines pass these to every generator
+    # the pipelines pass these to every generator (the re-ranking settings they use themselves)
+    assert set(RUN_DEFAULTS) - {"num_candidates", "rerank"} <= set(generate)
     assert set(family.sampling_keys) <= set(generate)
     assert set(family.run_defaults) <= set(inspect.signature(cls.__init__).parameters)
     assert family.regresses_codes == hasattr(cls, "set_codebook")

@@ -107,6 +107,9 @@ def test_clip_reranking_keeps_the_best_candidate():
         assert torch.equal(best.tokens[i], all_three.tokens[3 * i + chosen[i]])
     with pytest.raises(ValueError, match="num_candidates"):
         pipe(PROMPTS, num_candidates=0)
+    # an image tokenizer has no round trip to score, and says which tokenizers have one
+    with pytest.raises(ValueError, match="round_trip_distance .*AnchoredVideoTokenizer.*got a ImageTokenizer"):
+        pipe(PROMPTS, num_candidates=2, rerank="round-trip")
 
 
 def test_batch_size_splits_a_request_into_seeded_runs_and_sums_stats():

@@ -221,4 +221,5 @@ def test_tune_sampling_scores_a_video_pipeline_and_stores_defaults_only_with_wri
     assert [r["guidance_scale"] for r in report["results"]] == [2.0]
     assert {"appearance_accuracy", "direction_accuracy", "shape", "color"} <= set(report["results"][0])
     defaults = TextToVideoPipeline.from_pretrained(tmp_path / "pipe").defaults
-    assert (defaults["guidance_scale"], defaults["temperature"], defaults["num_candidates"]) == (2.0, 0.5, 2)
+    chosen = (defaults["guidance_scale"], defaults["temperature"], defaults["num_candidates"], defaults["rerank"])
+    assert chosen == (2.0, 0.5, 2, "clip")  # without --rerank, the pipeline's own re-ranker is stored

@@ -136,3 +136,11 @@ class AnchoredVideoTokenizer(ModelMixin, ConfigMixin):
             )
         anchor = self.decode_first_frame(indices)
         return self.motion.decode(indices[:, self.frame_tokens :], frames, anchor=anchor)
+
+    def round_trip_distance(self, indices: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
+        """The motion tokenizer's :meth:`~.video1d.Video1DTokenizer.round_trip_distance` of the clips ``videos``
+        (B, T, 3, S, S) in [-1, 1] decoded from ``indices`` (B, frame tokens + K): the motion tokens only, since
+        the first frame's tokens decode to that frame as they are."""
+        if indices.ndim != 2 or indices.shape[1] != self.num_tokens:
+            raise ValueError(f"expected indices (B, {self.num_tokens}), got {tuple(indices.shape)}")
+        return self.motion.round_trip_distance(indices[:, self.frame_tokens :], videos)

@@ -245,6 +245,18 @@ class Video1DTokenizer(ModelMixin, ConfigMixin):
             raise ValueError(f"expected indices (B, {self.config.num_tokens}), got {tuple(indices.shape)}")
         return self.decode_latents(self.quantizer.codes(indices), frames, anchor)
 
+    def round_trip_distance(self, indices: torch.Tensor, videos: torch.Tensor) -> torch.Tensor:
+        """How far the clips ``videos`` (B, T, 3, S, S) in [-1, 1], decoded from ``indices`` (B, K), are from
+        coding back to them: the mean squared distance (B,) between the codes of ``indices`` and the quantized
+        encoding of ``videos``. Sampled tokens that the decoder renders faithfully come back close; a combination
+        it can only blur (e.g. motion tokens that disagree on the object) does not."""
+        if indices.ndim != 2 or indices.shape[1] != self.config.num_tokens or len(indices) != len(videos):
+            raise ValueError(
+                f"expected indices ({len(videos)}, {self.config.num_tokens}) for {len(videos)} clips, got "
+                f"{tuple(indices.shape)}"
+            )
+        return (self.quantize(videos)[0] - self.quantizer.codes(indices)).pow(2).mean(dim=(1, 2))
+
     def forward(
         self, videos: torch.Tensor, semantic_target: torch.Tensor | None = None, anchor: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
