@@ -98,12 +98,13 @@ $(OLD_STAMP): pyproject.toml constraints/oldest.txt
 	touch $(OLD_STAMP)
 
 # The pruning suite (the code that hooks into transformers), the bounds check, a smoke of the tokenizer,
-# quantizer and generator models, the transformers text encoders, the standard-size presets and the non-finite
-# guard (accelerate); `make test-oldest OLDEST_TESTS=tests` runs everything there.
+# quantizer and generator models, the transformers text encoders, the standard-size presets, the non-finite
+# guard (accelerate) and the shared training helpers (torch's private bf16 checks); `make test-oldest
+# OLDEST_TESTS=tests` runs everything there.
 OLDEST_TESTS := tests/test_pruning_models.py tests/test_pruning_families.py tests/test_pruning_methods.py \
 	tests/test_pruning_selection.py tests/test_toy_vlm.py \
 	tests/test_dependencies.py tests/test_tokenizer_model.py tests/test_quantizers.py tests/test_generators.py \
-	tests/test_text_encoders.py tests/test_standard_sizes.py tests/test_nonfinite.py
+	tests/test_text_encoders.py tests/test_standard_sizes.py tests/test_nonfinite.py tests/test_train_core.py
 test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -m pytest -q -m "not slow" $(OLDEST_TESTS)
 

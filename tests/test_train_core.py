@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,15 +17,17 @@ from tokenizers_vis import TrainConfig
 from tokenizers_vis.clip import CLIPEncoder, SmallCLIPConfig
 from tokenizers_vis.clip_training import CLIPTrainConfig
 from tokenizers_vis.evaluation import AttributeGrader
-from tokenizers_vis.evaluation.grader_training import GraderTrainConfig
+from tokenizers_vis.evaluation.grader_training import GraderTrainConfig, _precision
 from tokenizers_vis.train_core import (
     AccelerateRunConfig,
     RunConfig,
     config_from_file,
+    cpu_runs_bf16_fast,
     latest_checkpoint,
     lr_schedule,
     param_checksum,
     param_groups,
+    resolve_mixed_precision,
     save_model_atomically,
 )
 
@@ -168,3 +172,18 @@ def test_save_model_atomically_replaces_the_folder(tmp_path):
     assert not (tmp_path / "model" / "stale.txt").exists()
     assert not list(tmp_path.glob(".tmp_*"))
     assert param_checksum(load_generator(tmp_path / "model")) == param_checksum(model)
+
+
+def test_bf16_is_chosen_where_the_cpu_has_bf16_instructions(monkeypatch):
+    # torch's CPU-capability checks are private: this fails loudly if a torch release renames or drops them
+    assert isinstance(torch.cpu._is_amx_tile_supported(), bool)
+    assert isinstance(torch.cpu._is_avx512_bf16_supported(), bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and platform.machine() == "x86_64":
+        flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+        assert cpu_runs_bf16_fast() == bool(flags & {"amx_tile", "avx512_bf16"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fast = cpu_runs_bf16_fast()
+    assert resolve_mixed_precision("auto") == ("bf16" if fast else "no")
+    assert _precision("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")
+    assert resolve_mixed_precision("fp16") == "fp16" and _precision("fp32", torch.device("cpu")) == "fp32"

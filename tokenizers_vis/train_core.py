@@ -83,13 +83,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_runs_bf16_fast() -> bool:
+    """Whether this CPU has bf16 instructions (AMX or AVX512-BF16): there bf16 autocast beats fp32, elsewhere it is
+    emulated and slower. torch only has private checks for this; tests/test_train_core.py fails if they change."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def resolve_mixed_precision(choice: str) -> str:
     """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX / AVX512-BF16)."""
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    return "bf16" if cpu_runs_bf16_fast() else "no"
 
 
 def set_cpu_threads(accelerator: Accelerator, requested: int) -> None:

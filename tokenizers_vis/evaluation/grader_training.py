@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data import COLORS, POSITIONS, SyntheticScenes, make_caption, render_scenes, scene_labels
 from ..registry import load_tokenizer
-from ..train_core import RunConfig, lr_schedule, param_groups
+from ..train_core import RunConfig, cpu_runs_bf16_fast, lr_schedule, param_groups
 from .grader import AttributeGrader, grade
 from .reconstruction import reconstruct
 
@@ -148,7 +148,7 @@ def _precision(choice: str, device: torch.device) -> str:
         return choice
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported() else "fp32"
+    return "bf16" if cpu_runs_bf16_fast() else "fp32"
 
 
 def _fit(
