@@ -60,9 +60,9 @@ assets-nx: $(STAMP)
 # first frame for the prompt's start ("a large red circle at the right" for "... moving to the left"), then nt-video
 # samples 32 motion tokens of the anchored 1D video tokenizer (trained here on the classic moving-shape clips, its
 # decoder given assets/pipeline's reconstruction of the first frame) after that frame's 256 tokens, 8 candidates per
-# clip, re-ranked by CLIP on the last frame. The generator reads whole clips through assets/pipeline's prompt encoder
-# but learns only the motion tokens (--first-frame-given). The image tokenizer, prompt encoder and first-frame
-# pipeline are links to assets/pipeline, so the folder stays under 10 MB.
+# clip, re-ranked by their round trip through the motion tokenizer (rerank="round-trip"). The generator reads whole
+# clips through assets/pipeline's prompt encoder but learns only the motion tokens (--first-frame-given). The image
+# tokenizer, prompt encoder and first-frame pipeline are links to assets/pipeline, so the folder stays under 10 MB.
 VIDEO := runs/assets/video
 VIDEO_TOKENIZER_STEPS := 1000
 VIDEO_GEN_STEPS := --steps 3000 --batch-size 32 --train-samples 20000

@@ -16,9 +16,9 @@ The sampling settings found best by ``scripts/tune_sampling.py`` are stored as t
 ``num_candidates`` > 1 draws that many samples per requested image and keeps the one whose CLIP image embedding
 (the prompt encoder's own CLIP, image tower) is closest to the prompt's text embedding: CLIP re-ranking, as in
 DALL-E. It costs ``num_candidates`` times the sampling and needs a prompt-conditioned generator whose prompt encoder
-is a CLIP with an image tower (a :class:`PromptEncoder`, not a transformers text encoder). With
-``rerank="round-trip"`` it keeps instead the sample whose decoded pixels encode back closest to its own tokens
-(the tokenizer's ``round_trip_distance``: the video tokenizers), which needs no caption and no CLIP.
+is a CLIP with an image tower (a :class:`PromptEncoder`, not a transformers text encoder). ``rerank="round-trip"``
+(text-to-video pipelines, whose tokenizers have a ``round_trip_distance``) keeps instead the sample whose decoded
+frames encode back closest to its own tokens, which needs no caption and no CLIP.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ RUN_DEFAULTS = {
     "rerank": "clip",
 }
 RERANKERS = ("clip", "round-trip")  # how num_candidates > 1 picks a sample (module docstring)
-ROUND_TRIP_BATCH = 64  # samples re-encoded at once: a request's candidates can number hundreds of clips
 # plus the settings of one generator family only (its ``family.sampling_keys``, e.g. next-X flow steps): passed on
 # when given, refused for a generator of another family
 FAMILY_KEYS = tuple(dict.fromkeys(key for family in generator_families().values() for key in family.sampling_keys))
@@ -185,11 +184,8 @@ class TextToImagePipeline:
         )
         tokens, stats = result if return_stats else (result, None)
         pixels = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
-        if candidates > 1:
-            if rerank == "clip":
-                rows = self._best_candidates(wanted, pixels, candidates)
-            else:
-                rows = self._closest_round_trips(tokens, pixels, candidates)
+        if candidates > 1:  # CLIP: _pop_candidates refuses the round trip to every image tokenizer
+            rows = self._best_candidates(wanted, pixels, candidates)
             tokens, pixels = tokens[rows], pixels[rows]
         arrays = (pixels.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
         return PipelineOutput([Image.fromarray(a) for a in arrays], pixels.cpu(), tokens.cpu(), stats)
@@ -244,21 +240,6 @@ class TextToImagePipeline:
         embeddings = clip.encode_image(images * 2 - 1).view(len(prompts), candidates, -1)
         best = torch.einsum("bkd,bd->bk", embeddings, clip.encode_text(prompts)).argmax(dim=1)
         return torch.arange(len(prompts), device=best.device) * candidates + best
-
-    def _closest_round_trips(self, tokens: torch.Tensor, samples: torch.Tensor, candidates: int) -> torch.Tensor:
-        """Row of each request's best candidate among ``samples`` (decoded from ``tokens``, ``candidates``
-        consecutive rows per request, in [0, 1]): the one whose pixels encode back closest to its tokens."""
-        step = ROUND_TRIP_BATCH
-        distances = torch.cat(
-            [
-                self.tokenizer.round_trip_distance(
-                    tokens[i : i + step], samples[i : i + step].to(tokens.device) * 2 - 1
-                )
-                for i in range(0, len(samples), step)
-            ]
-        )
-        best = distances.view(-1, candidates).argmin(dim=1)
-        return torch.arange(len(best), device=best.device) * candidates + best
 
     # ---- folders -------------------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ FRAME_CAPTIONS: dict[str, Callable[[str], tuple[str, str]]] = {
     "same": lambda prompt: (prompt, prompt),
     "moving-shapes": video_frame_captions,
 }
+ROUND_TRIP_BATCH = 64  # clips re-encoded at once: a request's candidates can number hundreds of clips
 
 
 @dataclass
@@ -149,8 +150,8 @@ class TextToVideoPipeline(TextToImagePipeline):
         per_clip = [p for p in prompts for _ in range(num_videos_per_prompt)]
         drawing = first_frame is None and self.first_frame_pipeline is not None
         # parsed before any sampling, so a prompt the rule cannot read fails first
-        by_clip = candidates > 1 and rerank == "clip"
-        captions = [FRAME_CAPTIONS[self.frame_captions](p) for p in per_clip] if drawing or by_clip else []
+        clip_ranked = candidates > 1 and rerank == "clip"
+        captions = [FRAME_CAPTIONS[self.frame_captions](p) for p in per_clip] if drawing or clip_ranked else []
         first_tokens = None
         if first_frame is not None:
             first_tokens = self._first_frame_tokens(first_frame, len(prompts))
@@ -167,7 +168,7 @@ class TextToVideoPipeline(TextToImagePipeline):
         )
         frames = (self.tokenizer.decode(tokens).float().clamp(-1, 1) + 1) / 2
         if candidates > 1:
-            if by_clip:
+            if clip_ranked:
                 rows = self._best_candidates([end for _, end in captions], frames[:, -1], candidates)
             else:
                 rows = self._closest_round_trips(tokens, frames, candidates)
@@ -176,6 +177,19 @@ class TextToVideoPipeline(TextToImagePipeline):
         arrays = (frames.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
         videos = [[Image.fromarray(frame) for frame in clip] for clip in arrays]
         return VideoPipelineOutput(videos, frames, tokens.cpu())
+
+    def _closest_round_trips(self, tokens: torch.Tensor, samples: torch.Tensor, candidates: int) -> torch.Tensor:
+        """Row of each request's best candidate among ``samples`` (decoded from ``tokens``, ``candidates``
+        consecutive rows per request, in [0, 1]): the one whose pixels encode back closest to its tokens."""
+        step = ROUND_TRIP_BATCH
+        distances = torch.cat(
+            [
+                self.tokenizer.round_trip_distance(tokens[i : i + step], samples[i : i + step] * 2 - 1)
+                for i in range(0, len(samples), step)
+            ]
+        )
+        best = distances.view(-1, candidates).argmin(dim=1)
+        return torch.arange(len(best), device=best.device) * candidates + best
 
     def _first_frame_tokens(self, images: torch.Tensor, count: int) -> torch.Tensor:
         """First frames (count, 3, S, S) in [0, 1] -> their tokens (count, G)."""
