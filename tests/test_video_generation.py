@@ -4,6 +4,8 @@ clips of moving shapes, on tiny models (the grader is the shipped one)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,6 +204,13 @@ def test_generate_cli_writes_gifs_for_a_video_pipeline(tmp_path, run_script):
     assert [p.suffix for p in paths] == [".gif", ".gif"]
     assert all(Image.open(p).n_frames == 5 for p in paths)
     assert Image.open(tmp_path / "out" / "grid.gif").n_frames == 5
+
+
+def test_the_sampling_libraries_import_without_torchmetrics():
+    # generate.py's start-up: the metrics library is imported only where metrics are computed
+    code = "import sys, generators, generators.video, tokenizers_vis; print('torchmetrics' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_tune_sampling_scores_a_video_pipeline_and_stores_defaults_only_with_write(tmp_path, run_script):

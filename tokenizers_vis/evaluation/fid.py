@@ -19,18 +19,19 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm.auto import tqdm
 
 from ..clip import DEFAULT_CLIP, CLIPEncoder, load_clip
 from ..data import ClassImageFolder, ImageFolderDataset, collate_readable
 from .frechet import CLIPImageFeatures
 from .reconstruction import reconstruct
+
+if TYPE_CHECKING:  # imported where used: torchmetrics is slow to import and the sampling scripts never need it
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
 FID_KINDS = ("inception", "clip")
 # torch-fidelity's Inception-v3 weights (the TF FID graph ported to PyTorch), fetched through torch.hub's cache
@@ -83,6 +84,8 @@ def frechet_metric(
     :func:`~tokenizers_vis.clip.load_clip`, loaded onto ``device``); its states stay on the CPU, where
     :class:`CLIPImageFeatures` returns the embeddings, so pass images on any device and do not move the metric.
     """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     if kind == "inception":
         weights = None if inception_weights is None else str(inception_weights)
         try:
@@ -155,6 +158,8 @@ def reconstruction_metrics_on_folder(
     :class:`~tokenizers_vis.data.ImageFolderDataset`). ``metric`` defaults to :func:`frechet_metric` ("clip").
     Metrics: ``rfid``, ``psnr``, ``ssim``, ``images`` (evaluated), ``skipped`` (unreadable files met), ``resolution``.
     """
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
     if resolution is None:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..clip import CLIPEncoder
 
@@ -29,6 +28,9 @@ class CLIPImageFeatures(nn.Module):
 def frechet_distance(clip: CLIPEncoder, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 256) -> float:
     """Fréchet distance between Gaussians fitted to CLIP embeddings of ``real`` and ``fake`` images
     ``(N, 3, H, W)`` in [0, 1]. Comparable only between runs that use the same CLIP and similar N."""
+    # imported here, not at the top: torchmetrics is slow to import and the sampling scripts never need it
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(
         feature=CLIPImageFeatures(clip), normalize=True, input_img_size=tuple(real.shape[1:]), sync_on_compute=False
     )

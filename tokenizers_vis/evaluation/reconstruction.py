@@ -6,7 +6,6 @@ import math
 import time
 
 import torch
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ..quantizers import QuantizerOutput, code_histogram, usage_stats
 from ..registry import family_of
@@ -39,6 +38,9 @@ def code_streams(model, x: torch.Tensor) -> list[QuantizerOutput]:
 def reconstruction_psnr(model, images: torch.Tensor, batch_size: int = 128) -> float:
     """PSNR (dB, images mapped to [0, 1]) of ``decode(encode(images))`` over images (N, 3, H, W) or videos
     (N, T, 3, H, W) in [-1, 1]; video tokenizers read images as one-frame clips."""
+    # imported here, not at the top: torchmetrics is slow to import and the sampling scripts never need it
+    from torchmetrics.image import PeakSignalNoiseRatio
+
     model.eval()
     device = next(model.parameters()).device
     psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False).to(device)
@@ -54,6 +56,8 @@ def evaluate_tokenizer(model, images: torch.Tensor, batch_size: int = 128) -> di
     """PSNR / SSIM (images mapped to [0, 1]), codebook usage and perplexity of ``model`` on held-out ``images``
     (N, 3, H, W) or videos (N, T, 3, H, W) in [-1, 1]; video metrics are over all frames. With several codebooks
     (dual tokenizer) usage and perplexity are their means and ``codebook_usage_each`` lists them."""
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure  # as above: slow import
+
     model.eval()
     device = next(model.parameters()).device
     psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False).to(device)  # evaluation is local to one rank
