@@ -15,6 +15,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+import torchmetrics.image.fid
 from PIL import Image
 from torch import nn
 
@@ -132,7 +133,8 @@ def test_inception_download_failure_is_explained(monkeypatch):
     def no_network(*args, **kwargs):
         raise offline
 
-    monkeypatch.setattr(fid_module, "FrechetInceptionDistance", no_network)
+    # frechet_metric imports the class when called, so it is replaced where it is defined
+    monkeypatch.setattr(torchmetrics.image.fid, "FrechetInceptionDistance", no_network)
     with pytest.raises(InceptionUnavailableError) as error:
         frechet_metric("inception")
     message = str(error.value)
